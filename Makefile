@@ -1,0 +1,39 @@
+# The two set-up commands of the README:
+#   make demo   install into .venv and run the main job
+#   make test   install into .venv (with test extras) and run lint + the test suite (what CI runs)
+# torch is pinned here, not in pyproject.toml: users bring their own torch, while our own
+# machines must take the CPU build that lies on disk (a loose pin resolves to a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.13.0
+PIP = $(VENV)/bin/pip --disable-pip-version-check -q
+BIN = $(VENV)/bin
+
+.PHONY: demo test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e . "$(TORCH_PIN)"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
+	$(PIP) install -e ".[test]" "$(TORCH_PIN)"
+	touch $@
+
+install: $(VENV)/.installed-base
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/rnndrop demo
+
+lint: install-test
+	$(BIN)/ruff check src tests benchmarks
+
+test: install-test lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

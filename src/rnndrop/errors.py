@@ -1,0 +1,20 @@
+"""Error types of rnndrop.
+
+Argument errors are plain ``ValueError`` / ``TypeError`` subclasses so that callers
+catching the builtin types keep working; messages always name the argument and say
+what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+
+class RnnDropValueError(ValueError):
+    """An argument has the right type but an unusable value (shape, range, name)."""
+
+
+class RnnDropTypeError(TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+class KernelUnavailableError(RuntimeError):
+    """A fast kernel was requested explicitly but cannot run for this call (the message says why)."""

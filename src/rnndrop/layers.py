@@ -1,0 +1,584 @@
+"""``LSTM``, ``GRU`` and ``RNN``: drop-in replacements for the torch.nn layers, plus dropout.
+
+The modules own parameters (torch.nn names, shapes, initialisation and order, so state dicts
+are interchangeable), validate arguments, sample the dropout masks of a call
+(:mod:`rnndrop.masks`) and run the sequence loop (:mod:`rnndrop.reference`).
+
+Shape legend: ``N`` batch, ``L`` sequence length, ``D`` 2 if bidirectional else 1,
+``H_in`` input_size, ``H_cell`` hidden_size, ``H_out`` proj_size if > 0 else hidden_size.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .activations import resolve_activation
+from .cells import NUM_GATES
+from .errors import RnnDropTypeError, RnnDropValueError
+from .masks import DropoutMasks, GateMasks, MaskSpec, check_gate_masks, check_probability
+from .reference import CellConfig, DirectionParams, run_stack
+
+_DOC_DROPOUT_ARGS = """
+    Dropout arguments (rnndrop's additions; all off by default, active only in training mode):
+        dropout: torch.nn's meaning, kept for drop-in use: dropout on the outputs of each layer
+            except the last, a fresh mask per element **and timestep**. Default 0.
+        input_dropout: Keras ``dropout``. Fraction of the layer's input features ``x_t`` dropped,
+            one mask per sequence (per layer, per direction) reused at every timestep. Default 0.
+        recurrent_dropout: Keras ``recurrent_dropout``. Fraction of ``h_{t-1}`` dropped before the
+            recurrent weights, one mask per sequence reused at every timestep; ``c`` is never
+            masked. Default 0.
+        gate_masks: ``"shared"`` — one mask per sequence shared by all gates (Gal's "tied") — or
+            ``"per_gate"`` — an independent mask for each gate (Gal's "untied"; what Keras uses
+            whenever ``recurrent_dropout > 0``). Applies to both masks. Default ``"shared"``.
+        zero_output_for_mask: with a ``step_mask``, masked steps output zeros instead of
+            repeating the previous output (Keras's option of the same name). Default False.
+        generator: a ``torch.Generator`` the masks are drawn from (default: torch's global RNG).
+            ``forward(generator=...)`` overrides it for one call.
+
+    Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
+    In eval mode the layer is deterministic and equals the same layer without dropout.
+"""
+
+_DOC_FORWARD = """
+        Args:
+            input: ``(L, N, H_in)``, ``(N, L, H_in)`` if ``batch_first``, ``(L, H_in)`` unbatched,
+                or a ``PackedSequence``.
+            hx: initial state{hx_doc}; zeros if omitted.
+            step_mask: Keras-style boolean mask ``(N, L)`` (always batch first; ``(L,)`` unbatched),
+                True = real step. Any pattern is allowed (left/right padding, holes, empty rows);
+                at a masked step all states are carried over and the output repeats the previous
+                output (zeros if ``zero_output_for_mask``).
+            lengths: ``(N,)`` integer lengths in ``[0, L]`` of right-padded sequences; equivalent to
+                packing: outputs past a sequence's length are zeros and the final state is the
+                state at its last real step.
+            dropout_masks: pre-sampled :class:`~rnndrop.DropoutMasks` to use instead of sampling
+                (in any mode) — for reproducing or comparing implementations.
+            generator: overrides the layer's generator for this call.
+        Returns:
+            ``(output, {ret_doc})`` exactly as torch.nn: ``output`` is ``(L, N, D * H_out)``
+            (batch first if ``batch_first``; packed if the input was packed), final states are
+            ``(D * num_layers, N, ·)``.
+"""
+
+
+def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RnnDropTypeError(f"{argument} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise RnnDropValueError(f"{argument} must be an int >= {minimum}, got {value}")
+    return value
+
+
+class RecurrentBase(nn.Module):
+    """Shared implementation of :class:`LSTM`, :class:`GRU` and :class:`RNN` (like torch's RNNBase)."""
+
+    mode: str
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        activation: str | None = "tanh",
+        recurrent_activation: str | None = "sigmoid",
+        reset_after: bool = True,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        gate_masks: GateMasks = "shared",
+        zero_output_for_mask: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.input_size = _check_positive_int(input_size, "input_size")
+        self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        self.num_layers = _check_positive_int(num_layers, "num_layers")
+        self.proj_size = _check_positive_int(proj_size, "proj_size", minimum=0)
+        if self.proj_size and mode != "LSTM":
+            raise RnnDropValueError(f"proj_size is only supported by LSTM, got proj_size={proj_size} for {mode}")
+        if self.proj_size >= self.hidden_size:
+            raise RnnDropValueError(
+                f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}"
+            )
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dropout = check_probability(dropout, "dropout")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout (torch's between-layer dropout) has no effect with num_layers=1; "
+                "use input_dropout / recurrent_dropout for dropout inside the layer",
+                stacklevel=3,
+            )
+        self.input_dropout = check_probability(input_dropout, "input_dropout")
+        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
+        self.gate_masks: GateMasks = check_gate_masks(gate_masks)
+        self.activation = resolve_activation(activation, "activation")
+        self.recurrent_activation = resolve_activation(recurrent_activation, "recurrent_activation")
+        self.reset_after = bool(reset_after)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise RnnDropTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+
+        factory = {"device": device, "dtype": dtype}
+        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
+            raise RnnDropTypeError(f"dtype must be a floating point dtype, got {dtype}")
+        gates = NUM_GATES[mode]
+        num_dirs = 2 if self.bidirectional else 1
+        h_out = self.proj_size or self.hidden_size
+        self._flat_weights_names: list[str] = []
+        for layer in range(self.num_layers):
+            layer_in = self.input_size if layer == 0 else h_out * num_dirs
+            for direction in range(num_dirs):
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = [
+                    (f"weight_ih_l{layer}{suffix}", (gates * self.hidden_size, layer_in)),
+                    (f"weight_hh_l{layer}{suffix}", (gates * self.hidden_size, h_out)),
+                ]
+                if self.bias:
+                    shapes += [
+                        (f"bias_ih_l{layer}{suffix}", (gates * self.hidden_size,)),
+                        (f"bias_hh_l{layer}{suffix}", (gates * self.hidden_size,)),
+                    ]
+                if self.proj_size:
+                    shapes.append((f"weight_hr_l{layer}{suffix}", (self.proj_size, self.hidden_size)))
+                for name, shape in shapes:
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        with torch.no_grad():
+            for weight in self.parameters():
+                weight.uniform_(-bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op kept for drop-in compatibility (rnndrop does not use cuDNN's flat weight buffer)."""
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        per = len(self._flat_weights_names) // (self.num_layers * self.num_directions)
+        names = self._flat_weights_names
+        return [[getattr(self, n) for n in names[i : i + per]] for i in range(0, len(names), per)]
+
+    def _direction_params(self) -> list[list[DirectionParams]]:
+        suffixes = ["", "_reverse"][: self.num_directions]
+        params = []
+        for k in range(self.num_layers):
+            layer = []
+            for s in suffixes:
+                layer.append(
+                    DirectionParams(
+                        w_ih=getattr(self, f"weight_ih_l{k}{s}"),
+                        w_hh=getattr(self, f"weight_hh_l{k}{s}"),
+                        b_ih=getattr(self, f"bias_ih_l{k}{s}") if self.bias else None,
+                        b_hh=getattr(self, f"bias_hh_l{k}{s}") if self.bias else None,
+                        w_hr=getattr(self, f"weight_hr_l{k}{s}") if self.proj_size else None,
+                    )
+                )
+            params.append(layer)
+        return params
+
+    @property
+    def cell_config(self) -> CellConfig:
+        return CellConfig(self.mode, self.activation, self.recurrent_activation, self.reset_after)
+
+    @property
+    def mask_spec(self) -> MaskSpec:
+        """What this layer samples per call (see :mod:`rnndrop.masks`)."""
+        h_out = self.proj_size or self.hidden_size
+        sizes = (self.input_size,) + (h_out * self.num_directions,) * (self.num_layers - 1)
+        return MaskSpec(
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            num_gates=NUM_GATES[self.mode],
+            input_sizes=sizes,
+            hidden_out=h_out,
+            input_p=self.input_dropout,
+            recurrent_p=self.recurrent_dropout,
+            between_p=self.dropout,
+            gate_masks=self.gate_masks,
+        )
+
+    def sample_masks(
+        self, batch: int, time: int, *, generator: torch.Generator | None = None
+    ) -> DropoutMasks:
+        """Draw the masks one training call on ``batch`` sequences of ``time`` steps would use."""
+        p = self.weight_ih_l0
+        return self.mask_spec.sample(
+            batch, time, dtype=p.dtype, device=p.device, generator=generator or self.generator
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        extras = {
+            "proj_size": (self.proj_size, 0),
+            "num_layers": (self.num_layers, 1),
+            "bias": (self.bias, True),
+            "batch_first": (self.batch_first, False),
+            "dropout": (self.dropout, 0.0),
+            "bidirectional": (self.bidirectional, False),
+            "input_dropout": (self.input_dropout, 0.0),
+            "recurrent_dropout": (self.recurrent_dropout, 0.0),
+            "gate_masks": (self.gate_masks, "shared"),
+            "zero_output_for_mask": (self.zero_output_for_mask, False),
+        }
+        if self.mode == "RNN":
+            extras["nonlinearity"] = (self.activation, "tanh")
+        else:
+            extras["activation"] = (self.activation, "tanh")
+            extras["recurrent_activation"] = (self.recurrent_activation, "sigmoid")
+        if self.mode == "GRU":
+            extras["reset_after"] = (self.reset_after, True)
+        for key, (value, default) in extras.items():
+            if value != default:
+                s += f", {key}={value!r}"
+        return s
+
+    # ------------------------------------------------------------------ forward
+    def _num_states(self) -> int:
+        return 2 if self.mode == "LSTM" else 1
+
+    def _state_sizes(self) -> list[int]:
+        h_out = self.proj_size or self.hidden_size
+        return [h_out, self.hidden_size] if self.mode == "LSTM" else [h_out]
+
+    def _prepare_states(
+        self, hx: Any, batch: int, batched: bool, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, ...]:
+        rows = self.num_layers * self.num_directions
+        sizes = self._state_sizes()
+        if hx is None:
+            return tuple(torch.zeros(rows, batch, s, dtype=dtype, device=device) for s in sizes)
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise RnnDropTypeError("hx must be a tuple (h_0, c_0) for LSTM")
+            states = tuple(hx)
+            names = ("h_0", "c_0")
+        else:
+            if not isinstance(hx, torch.Tensor):
+                raise RnnDropTypeError(f"hx must be a Tensor for {self.mode}, got {type(hx).__name__}")
+            states = (hx,)
+            names = ("hx",)
+        out = []
+        for name, s, size in zip(names, states, sizes):
+            if not isinstance(s, torch.Tensor):
+                raise RnnDropTypeError(f"{name} must be a Tensor, got {type(s).__name__}")
+            want = (rows, batch, size) if batched else (rows, size)
+            if tuple(s.shape) != want:
+                kind = "batched" if batched else "unbatched"
+                raise RnnDropValueError(f"{name} must have shape {want} for {kind} input, got {tuple(s.shape)}")
+            if s.dtype != dtype:
+                raise RnnDropTypeError(f"{name} must have dtype {dtype} like the input, got {s.dtype}")
+            if s.device != device:
+                raise RnnDropValueError(f"{name} must be on device {device} like the input, got {s.device}")
+            out.append(s if batched else s.unsqueeze(1))
+        return tuple(out)
+
+    def forward(
+        self,
+        input: torch.Tensor | PackedSequence,
+        hx: Any = None,
+        *,
+        step_mask: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        dropout_masks: DropoutMasks | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Any, Any]:
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if step_mask is not None or lengths is not None:
+                raise RnnDropValueError("step_mask and lengths cannot be combined with a PackedSequence input")
+            x, lens = pad_packed_sequence(input, batch_first=False)
+            batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise RnnDropTypeError(
+                    f"input must be a Tensor or PackedSequence, got {type(input).__name__}"
+                )
+            if input.dim() not in (2, 3):
+                raise RnnDropValueError(
+                    f"input must be 3-D (batched) or 2-D (unbatched), got {input.dim()}-D of shape {tuple(input.shape)}"
+                )
+            batched = input.dim() == 3
+            if not batched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+        self._check_input(x)
+        time, batch = x.shape[0], x.shape[1]
+        states = self._prepare_states(hx, batch, batched, x.dtype, x.device)
+
+        zero_masked = self.zero_output_for_mask
+        steps = None
+        if packed:
+            steps = torch.arange(time, device=x.device).unsqueeze(1) < lens.to(x.device).unsqueeze(0)
+            zero_masked = True
+        elif step_mask is not None and lengths is not None:
+            raise RnnDropValueError("pass either step_mask or lengths, not both")
+        elif step_mask is not None:
+            steps = self._check_step_mask(step_mask, batch, time, batched, x.device)
+        elif lengths is not None:
+            steps = self._check_lengths(lengths, batch, time, x.device)
+            zero_masked = True
+
+        if dropout_masks is not None:
+            self.mask_spec.check(dropout_masks, batch, time)
+            masks = dropout_masks
+        elif self.training and not self.mask_spec.is_empty():
+            masks = self.mask_spec.sample(
+                batch, time, dtype=x.dtype, device=x.device, generator=generator or self.generator
+            )
+        else:
+            masks = None
+
+        output, finals = run_stack(
+            self.cell_config, x, states, self._direction_params(), masks, steps, zero_masked
+        )
+        if packed:
+            sorted_idx = input.sorted_indices
+            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)
+            lens_sorted = lens if sorted_idx is None else lens.index_select(0, sorted_idx.cpu())
+            repacked = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True)
+            output = PackedSequence(repacked.data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        elif not batched:
+            output = output.squeeze(1)
+            finals = tuple(f.squeeze(1) for f in finals)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        hidden = finals if self.mode == "LSTM" else finals[0]
+        return output, hidden
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point():
+            raise RnnDropTypeError(f"input must be a floating point tensor, got dtype {x.dtype}")
+        if x.shape[-1] != self.input_size:
+            raise RnnDropValueError(
+                f"input must have {self.input_size} features (input_size) in its last dimension, got {x.shape[-1]}"
+            )
+        if x.shape[0] == 0:
+            raise RnnDropValueError("input must have at least one timestep, got sequence length 0")
+        p = self.weight_ih_l0
+        if x.dtype != p.dtype:
+            raise RnnDropTypeError(
+                f"input dtype {x.dtype} does not match the parameters' dtype {p.dtype}; "
+                f"convert one of them (e.g. layer.to({x.dtype}))"
+            )
+        if x.device != p.device:
+            raise RnnDropValueError(f"input is on {x.device} but the parameters are on {p.device}")
+
+    @staticmethod
+    def _check_step_mask(
+        step_mask: Any, batch: int, time: int, batched: bool, device: torch.device
+    ) -> torch.Tensor:
+        if not isinstance(step_mask, torch.Tensor):
+            raise RnnDropTypeError(f"step_mask must be a bool Tensor, got {type(step_mask).__name__}")
+        if step_mask.dtype != torch.bool:
+            raise RnnDropTypeError(f"step_mask must have dtype torch.bool, got {step_mask.dtype}")
+        want = (batch, time) if batched else (time,)
+        if tuple(step_mask.shape) != want:
+            raise RnnDropValueError(
+                f"step_mask must have shape {want} (batch, time) — batch first whatever batch_first is — "
+                f"got {tuple(step_mask.shape)}"
+            )
+        m = step_mask if batched else step_mask.unsqueeze(0)
+        return m.to(device).transpose(0, 1)
+
+    @staticmethod
+    def _check_lengths(lengths: Any, batch: int, time: int, device: torch.device) -> torch.Tensor:
+        lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
+            raise RnnDropTypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if tuple(lengths.shape) != (batch,):
+            raise RnnDropValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        if batch and (int(lengths.min()) < 0 or int(lengths.max()) > time):
+            raise RnnDropValueError(
+                f"lengths must lie in [0, {time}] (the sequence length), got min {int(lengths.min())} "
+                f"and max {int(lengths.max())}"
+            )
+        return torch.arange(time, device=device).unsqueeze(1) < lengths.to(device).unsqueeze(0)
+
+
+class LSTM(RecurrentBase):
+    __doc__ = (
+        """Drop-in ``torch.nn.LSTM`` with Keras-style time-locked input and recurrent dropout.
+
+    Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}``, ``weight_hr_l{k}``, ``_reverse`` suffixes), initialisation, inputs and
+    outputs as :class:`torch.nn.LSTM`. Gates ``i, f, g, o``::
+
+        i, f, o = σ(·), g = φ(·) of  x_t W_ih^T + b_ih + (h_{t-1} ⊙ m) W_hh^T + b_hh
+        c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ φ(c_t)
+
+    with ``x_t`` multiplied by the input mask and ``m`` the recurrent mask.
+
+    Extra arguments:
+        activation: ``φ``, default ``"tanh"``; recurrent_activation: ``σ``, default ``"sigmoid"``
+            (names: see ``rnndrop.activations.ACTIVATIONS``; ``"hard_sigmoid"`` is Keras 3's).
+    """
+        + _DOC_DROPOUT_ARGS
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        gate_masks: GateMasks = "shared",
+        activation: str | None = "tanh",
+        recurrent_activation: str | None = "sigmoid",
+        zero_output_for_mask: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
+            input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
+            zero_output_for_mask=zero_output_for_mask, generator=generator,
+        )
+
+    def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
+        return super().forward(input, hx, **kwargs)
+
+    forward.__doc__ = "Run the LSTM." + _DOC_FORWARD.format(
+        hx_doc=" ``(h_0, c_0)``, each ``(D * num_layers, N, ·)``", ret_doc="(h_n, c_n)"
+    )
+
+
+class GRU(RecurrentBase):
+    __doc__ = (
+        """Drop-in ``torch.nn.GRU`` with Keras-style time-locked dropout and both reset variants.
+
+    Gates ``r, z, n`` as torch.nn::
+
+        r, z = σ(x_t W_i{r,z}^T + b_i{r,z} + (h ⊙ m) W_h{r,z}^T + b_h{r,z})
+        reset_after=True  (torch, Keras default): n = φ(x_t W_in^T + b_in + r ⊙ ((h ⊙ m) W_hn^T + b_hn))
+        reset_after=False (Keras's other variant): n = φ(x_t W_in^T + b_in + (r ⊙ h ⊙ m) W_hn^T + b_hn)
+        h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    Extra arguments:
+        reset_after: see above, default True.
+        activation: ``φ``, default ``"tanh"``; recurrent_activation: ``σ``, default ``"sigmoid"``.
+    """
+        + _DOC_DROPOUT_ARGS
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        gate_masks: GateMasks = "shared",
+        activation: str | None = "tanh",
+        recurrent_activation: str | None = "sigmoid",
+        zero_output_for_mask: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
+            reset_after=reset_after, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+            gate_masks=gate_masks, zero_output_for_mask=zero_output_for_mask, generator=generator,
+        )
+
+    def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
+        return super().forward(input, hx, **kwargs)
+
+    forward.__doc__ = "Run the GRU." + _DOC_FORWARD.format(
+        hx_doc=" ``h_0`` ``(D * num_layers, N, H_out)``", ret_doc="h_n"
+    )
+
+
+class RNN(RecurrentBase):
+    __doc__ = (
+        """Drop-in ``torch.nn.RNN`` (Elman / Keras SimpleRNN) with Keras-style time-locked dropout.
+
+    ``h_t = φ(x_t W_ih^T + b_ih + (h_{t-1} ⊙ m) W_hh^T + b_hh)``.
+
+    Extra arguments:
+        nonlinearity: ``φ``; torch accepts ``"tanh"`` and ``"relu"``, rnndrop any name in
+            ``rnndrop.activations.ACTIVATIONS`` (Keras SimpleRNN ``activation``). Default ``"tanh"``.
+    """
+        + _DOC_DROPOUT_ARGS
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str | None = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        gate_masks: GateMasks = "shared",
+        zero_output_for_mask: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, activation=resolve_activation(nonlinearity, "nonlinearity"),
+            recurrent_activation=None, input_dropout=input_dropout,
+            recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
+            zero_output_for_mask=zero_output_for_mask, generator=generator,
+        )
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.activation
+
+    def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
+        return super().forward(input, hx, **kwargs)
+
+    forward.__doc__ = "Run the RNN." + _DOC_FORWARD.format(
+        hx_doc=" ``h_0`` ``(D * num_layers, N, H_out)``", ret_doc="h_n"
+    )

@@ -1,0 +1,140 @@
+"""The reference sequence loop: the oracle every fast path must equal, and the fallback.
+
+Plain PyTorch on top of :mod:`rnndrop.cells`: the input projection of all timesteps is one
+matmul, then a Python loop over time calls the cell step. Everything is time-major here:
+``x`` is ``(T, B, I)``.
+
+Variable length is one mechanism, a boolean step mask ``(T, B)`` (True = real step), with
+Keras's carry-over rule: at a masked step the cell's result is discarded, every state is
+carried over unchanged, and the step's output is the previous output (zeros before the
+first real step) or zeros when ``zero_masked_output``. Packed sequences / ``lengths`` are the
+special case of right padding with zero outputs, which reproduces torch.nn exactly (the
+reverse direction walks the padding first, keeping its initial state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .activations import get_activation
+from .cells import gru_step, input_projection, lstm_step, rnn_step
+from .masks import DirectionMasks, DropoutMasks
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Which cell and activations a layer runs (hashable, no tensors)."""
+
+    mode: str  # "LSTM" | "GRU" | "RNN"
+    activation: str = "tanh"
+    recurrent_activation: str = "sigmoid"
+    reset_after: bool = True  # GRU only
+
+
+@dataclass(frozen=True)
+class DirectionParams:
+    """Weights of one layer and direction, torch layout (see :mod:`rnndrop.cells`)."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: torch.Tensor | None = None
+    b_hh: torch.Tensor | None = None
+    w_hr: torch.Tensor | None = None
+
+
+State = tuple[torch.Tensor, ...]  # (h,) or (h, c); each (B, size)
+
+
+def run_direction(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    state: State,
+    params: DirectionParams,
+    masks: DirectionMasks,
+    step_mask: torch.Tensor | None,
+    reverse: bool,
+    zero_masked_output: bool,
+) -> tuple[torch.Tensor, State]:
+    """Run one layer in one direction over the whole sequence.
+
+    Args:
+        x: ``(T, B, I)``.
+        state: initial ``(h0,)`` or ``(h0, c0)``, each ``(B, ·)``.
+        step_mask: ``(T, B)`` bool or ``None`` (all steps real).
+        reverse: walk ``t = T-1 … 0``; outputs are still stored at their input time index.
+    Returns:
+        ``output`` ``(T, B, H_out)`` and the final (carried) state.
+    """
+    act = get_activation(cfg.activation)
+    ract = get_activation(cfg.recurrent_activation)
+    gi_all = input_projection(x, params.w_ih, params.b_ih, masks.input)
+    rmask = masks.recurrent
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    outputs: list[torch.Tensor | None] = [None] * x.shape[0]
+    prev_out = torch.zeros_like(state[0])
+    for t in steps:
+        gi = gi_all[t]
+        if cfg.mode == "LSTM":
+            new: State = lstm_step(gi, state[0], state[1], params.w_hh, params.b_hh, params.w_hr, rmask, act, ract)
+        elif cfg.mode == "GRU":
+            new = (gru_step(gi, state[0], params.w_hh, params.b_hh, rmask, act, ract, cfg.reset_after),)
+        else:
+            new = (rnn_step(gi, state[0], params.w_hh, params.b_hh, rmask, act),)
+        if step_mask is None:
+            state = new
+            out = new[0]
+        else:
+            keep = step_mask[t].unsqueeze(-1)
+            state = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
+            fill = torch.zeros_like(prev_out) if zero_masked_output else prev_out
+            out = torch.where(keep, new[0], fill)
+            prev_out = out
+        outputs[t] = out
+    return torch.stack(outputs, 0), state  # type: ignore[arg-type]
+
+
+DirectionFn = Callable[..., tuple[torch.Tensor, State]]
+
+
+def run_stack(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    init_states: Sequence[torch.Tensor],
+    params: Sequence[Sequence[DirectionParams]],
+    masks: DropoutMasks | None,
+    step_mask: torch.Tensor | None,
+    zero_masked_output: bool,
+    direction_fn: DirectionFn = run_direction,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run a stack of (bi)directional layers.
+
+    Args:
+        x: ``(T, B, I)``.
+        init_states: ``(h0,)`` or ``(h0, c0)``, each ``(L * D, B, ·)`` in torch order
+            (layer-major, forward before reverse).
+        params: ``params[k][d]``.
+        masks: sampled masks, or ``None`` for no dropout at all.
+        direction_fn: the implementation of one direction (the reference by default).
+    Returns:
+        ``output`` ``(T, B, D * H_out)`` of the last layer and the final states, each ``(L * D, B, ·)``.
+    """
+    num_dirs = len(params[0])
+    finals: list[list[torch.Tensor]] = [[] for _ in init_states]
+    layer_input = x
+    for k, layer_params in enumerate(params):
+        outs = []
+        for d, p in enumerate(layer_params):
+            idx = k * num_dirs + d
+            state = tuple(s[idx] for s in init_states)
+            dmasks = masks.layers[k][d] if masks is not None else DirectionMasks()
+            out, state = direction_fn(cfg, layer_input, state, p, dmasks, step_mask, d == 1, zero_masked_output)
+            outs.append(out)
+            for acc, s in zip(finals, state):
+                acc.append(s)
+        layer_input = outs[0] if num_dirs == 1 else torch.cat(outs, dim=-1)
+        if masks is not None and k < len(params) - 1 and masks.between and masks.between[k] is not None:
+            layer_input = layer_input * masks.between[k]
+    return layer_input, tuple(torch.stack(f, 0) for f in finals)
