@@ -20,6 +20,11 @@ Equations (``σ`` = ``recurrent_activation``, ``φ`` = ``activation``, ``m`` = r
   ``n = φ(gi_n + r ⊙ ((h ⊙ m_n) W_n^T + b_hn))``; ``h' = (1 - z) ⊙ n + z ⊙ h``.
 * GRU, ``reset_after=False`` (Keras's other variant): ``n = φ(gi_n + (r ⊙ (h ⊙ m_n)) W_n^T + b_hn)``.
 * RNN: ``h' = φ(gi + (h ⊙ m) W_hh^T + b_hh)``.
+* Candidate dropout (Semeniuta et al. 2016, "without memory loss"), mask ``d`` ``(1, B, H)``:
+  LSTM ``c' = f ⊙ c + i ⊙ (d ⊙ g)``; GRU ``h' = (1 - z) ⊙ (d ⊙ n) + z ⊙ h``.
+* Zoneout (Krueger et al. 2016) mixes each state with its previous value after the step:
+  ``s' = w ⊙ s + (1 - w) ⊙ s̃`` (:func:`zoneout`). DropConnect on ``W_hh`` is applied to the
+  weight before the loop (:func:`drop_weight`), so a step just sees a different ``w_hh``.
 
 The unmasked ``h`` is what ``z ⊙ h`` blends with and what is carried; masks touch only the
 inputs of the recurrent matmuls.
@@ -88,11 +93,13 @@ def lstm_step(
     mask: torch.Tensor | None,
     act: Activation,
     ract: Activation,
+    candidate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step. ``gi``: ``(B, 4H)``; ``h``: ``(B, H_out)``; ``c``: ``(B, H)``. Returns ``(h', c')``."""
     gates = gi + _add_bias(recurrent_product(h, w_hh, mask), b_hh)
     i, f, g, o = gates.chunk(4, dim=-1)
-    c_new = ract(f) * c + ract(i) * act(g)
+    g = act(g) if candidate_mask is None else act(g) * candidate_mask[0]
+    c_new = ract(f) * c + ract(i) * g
     h_new = ract(o) * act(c_new)
     if w_hr is not None:
         h_new = h_new @ w_hr.T
@@ -108,6 +115,7 @@ def gru_step(
     act: Activation,
     ract: Activation,
     reset_after: bool,
+    candidate_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One GRU step. ``gi``: ``(B, 3H)``; ``h``: ``(B, H)``. Returns ``h'``."""
     gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
@@ -127,6 +135,8 @@ def gru_step(
         z = ract(gi_z + gh_z)
         h_n = h if m_n is None else h * m_n[0]
         n = act(gi_n + _add_bias((r * h_n) @ w_n.T, b_n))
+    if candidate_mask is not None:
+        n = n * candidate_mask[0]
     return (1.0 - z) * n + z * h
 
 
@@ -140,3 +150,16 @@ def rnn_step(
 ) -> torch.Tensor:
     """One simple-RNN step. ``gi``: ``(B, H)``; ``h``: ``(B, H)``. Returns ``h'``."""
     return act(gi + _add_bias(recurrent_product(h, w_hh, mask), b_hh))
+
+
+def zoneout(new: torch.Tensor, old: torch.Tensor, keep_previous: torch.Tensor | None) -> torch.Tensor:
+    """Zoneout: ``w ⊙ old + (1 - w) ⊙ new`` with ``w`` Bernoulli(z) draws (training) or ``z`` (eval)."""
+    if keep_previous is None:
+        return new
+    # lerp is exact at both ends: w = 1 returns ``old`` bit for bit, w = 0 returns ``new``.
+    return torch.lerp(new, old, keep_previous)
+
+
+def drop_weight(w_hh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """DropConnect: the recurrent weight ``(G * H, H_out)`` times a scaled Bernoulli mask of its shape."""
+    return w_hh if mask is None else w_hh * mask

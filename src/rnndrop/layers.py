@@ -21,7 +21,16 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .activations import resolve_activation
 from .cells import NUM_GATES
 from .errors import RnnDropTypeError, RnnDropValueError
-from .masks import DropoutMasks, GateMasks, MaskSpec, check_gate_masks, check_probability
+from .masks import (
+    MASK_SCOPE_CHOICES,
+    DropoutMasks,
+    GateMasks,
+    MaskScope,
+    MaskSpec,
+    check_choice,
+    check_gate_masks,
+    check_probability,
+)
 from .reference import CellConfig, DirectionParams, run_stack
 
 _DOC_DROPOUT_ARGS = """
@@ -36,6 +45,20 @@ _DOC_DROPOUT_ARGS = """
         gate_masks: ``"shared"`` — one mask per sequence shared by all gates (Gal's "tied") — or
             ``"per_gate"`` — an independent mask for each gate (Gal's "untied"; what Keras uses
             whenever ``recurrent_dropout > 0``). Applies to both masks. Default ``"shared"``.
+        weight_dropout: DropConnect on the recurrent weights ``W_hh`` (Wan et al. 2013; AWD-LSTM's
+            WeightDrop): one weight mask per forward call, shared by the batch and all timesteps.
+            The stored parameter stays the raw weight. Default 0.
+        candidate_dropout: Semeniuta et al. 2016, "recurrent dropout without memory loss": a
+            time-locked mask on the LSTM candidate ``g`` / GRU candidate ``n``. Not for ``RNN``
+            (there the candidate is the whole state). Default 0.
+        zoneout_hidden: Zoneout (Krueger et al. 2016) on ``h``: in training each unit keeps its
+            previous value with this probability, a fresh draw per timestep; in eval ``h`` is
+            the expectation ``z h_{t-1} + (1 - z) h̃_t``. Default 0.
+        zoneout_cell (LSTM only): the same for ``c``. Default 0.
+        mask_scope: ``"sample"`` — an independent mask per sequence (Gal; default) — or
+            ``"batch"`` — one mask shared by the whole batch (cheaper).
+        locked_dropout: make torch's between-layer ``dropout`` time-locked (one mask per
+            sequence, reused at every timestep) instead of per timestep. Default False.
         zero_output_for_mask: with a ``step_mask``, masked steps output zeros instead of
             repeating the previous output (Keras's option of the same name). Default False.
         generator: a ``torch.Generator`` the masks are drawn from (default: torch's global RNG).
@@ -100,6 +123,12 @@ class RecurrentBase(nn.Module):
         input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         gate_masks: GateMasks = "shared",
+        weight_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout_hidden: float = 0.0,
+        zoneout_cell: float = 0.0,
+        mask_scope: MaskScope = "sample",
+        locked_dropout: bool = False,
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -128,6 +157,19 @@ class RecurrentBase(nn.Module):
         self.input_dropout = check_probability(input_dropout, "input_dropout")
         self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
         self.gate_masks: GateMasks = check_gate_masks(gate_masks)
+        self.weight_dropout = check_probability(weight_dropout, "weight_dropout")
+        self.candidate_dropout = check_probability(candidate_dropout, "candidate_dropout")
+        if self.candidate_dropout and mode == "RNN":
+            raise RnnDropValueError(
+                "candidate_dropout (Semeniuta et al.) is defined for LSTM and GRU only; for RNN the candidate "
+                f"is the whole new state: use recurrent_dropout instead (got candidate_dropout={candidate_dropout})"
+            )
+        self.zoneout_hidden = check_probability(zoneout_hidden, "zoneout_hidden")
+        self.zoneout_cell = check_probability(zoneout_cell, "zoneout_cell")
+        if self.zoneout_cell and mode != "LSTM":
+            raise RnnDropValueError(f"zoneout_cell is for LSTM only (it has no cell state c), got {mode}")
+        self.mask_scope: MaskScope = check_choice(mask_scope, "mask_scope", MASK_SCOPE_CHOICES)  # type: ignore[assignment]
+        self.locked_dropout = bool(locked_dropout)
         self.activation = resolve_activation(activation, "activation")
         self.recurrent_activation = resolve_activation(recurrent_activation, "recurrent_activation")
         self.reset_after = bool(reset_after)
@@ -221,6 +263,13 @@ class RecurrentBase(nn.Module):
             recurrent_p=self.recurrent_dropout,
             between_p=self.dropout,
             gate_masks=self.gate_masks,
+            hidden_size=self.hidden_size,
+            weight_p=self.weight_dropout,
+            candidate_p=self.candidate_dropout,
+            zoneout_h=self.zoneout_hidden,
+            zoneout_c=self.zoneout_cell,
+            scope=self.mask_scope,
+            locked_between=self.locked_dropout,
         )
 
     def sample_masks(
@@ -244,6 +293,12 @@ class RecurrentBase(nn.Module):
             "input_dropout": (self.input_dropout, 0.0),
             "recurrent_dropout": (self.recurrent_dropout, 0.0),
             "gate_masks": (self.gate_masks, "shared"),
+            "weight_dropout": (self.weight_dropout, 0.0),
+            "candidate_dropout": (self.candidate_dropout, 0.0),
+            "zoneout_hidden": (self.zoneout_hidden, 0.0),
+            "zoneout_cell": (self.zoneout_cell, 0.0),
+            "mask_scope": (self.mask_scope, "sample"),
+            "locked_dropout": (self.locked_dropout, False),
             "zero_output_for_mask": (self.zero_output_for_mask, False),
         }
         if self.mode == "RNN":
@@ -345,15 +400,15 @@ class RecurrentBase(nn.Module):
             steps = self._check_lengths(lengths, batch, time, x.device)
             zero_masked = True
 
+        spec = self.mask_spec
         if dropout_masks is not None:
-            self.mask_spec.check(dropout_masks, batch, time)
-            masks = dropout_masks
-        elif self.training and not self.mask_spec.is_empty():
-            masks = self.mask_spec.sample(
-                batch, time, dtype=x.dtype, device=x.device, generator=generator or self.generator
-            )
+            spec.check(dropout_masks, batch, time)
+            masks: DropoutMasks | None = dropout_masks
+        elif self.training:
+            gen = generator or self.generator
+            masks = None if spec.is_empty() else spec.sample(batch, time, dtype=x.dtype, device=x.device, generator=gen)
         else:
-            masks = None
+            masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 
         output, finals = run_stack(
             self.cell_config, x, states, self._direction_params(), masks, steps, zero_masked
@@ -458,6 +513,12 @@ class LSTM(RecurrentBase):
         input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         gate_masks: GateMasks = "shared",
+        weight_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout_hidden: float = 0.0,
+        zoneout_cell: float = 0.0,
+        mask_scope: MaskScope = "sample",
+        locked_dropout: bool = False,
         activation: str | None = "tanh",
         recurrent_activation: str | None = "sigmoid",
         zero_output_for_mask: bool = False,
@@ -467,6 +528,8 @@ class LSTM(RecurrentBase):
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             proj_size, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
             input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
+            weight_dropout=weight_dropout, candidate_dropout=candidate_dropout, zoneout_hidden=zoneout_hidden,
+            zoneout_cell=zoneout_cell, mask_scope=mask_scope, locked_dropout=locked_dropout,
             zero_output_for_mask=zero_output_for_mask, generator=generator,
         )
 
@@ -512,6 +575,11 @@ class GRU(RecurrentBase):
         input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         gate_masks: GateMasks = "shared",
+        weight_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout_hidden: float = 0.0,
+        mask_scope: MaskScope = "sample",
+        locked_dropout: bool = False,
         activation: str | None = "tanh",
         recurrent_activation: str | None = "sigmoid",
         zero_output_for_mask: bool = False,
@@ -521,7 +589,9 @@ class GRU(RecurrentBase):
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             0, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
             reset_after=reset_after, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
-            gate_masks=gate_masks, zero_output_for_mask=zero_output_for_mask, generator=generator,
+            gate_masks=gate_masks, weight_dropout=weight_dropout, candidate_dropout=candidate_dropout,
+            zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
+            zero_output_for_mask=zero_output_for_mask, generator=generator,
         )
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
@@ -561,6 +631,10 @@ class RNN(RecurrentBase):
         input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         gate_masks: GateMasks = "shared",
+        weight_dropout: float = 0.0,
+        zoneout_hidden: float = 0.0,
+        mask_scope: MaskScope = "sample",
+        locked_dropout: bool = False,
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -568,7 +642,8 @@ class RNN(RecurrentBase):
             "RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             0, device, dtype, activation=resolve_activation(nonlinearity, "nonlinearity"),
             recurrent_activation=None, input_dropout=input_dropout,
-            recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
+            recurrent_dropout=recurrent_dropout, gate_masks=gate_masks, weight_dropout=weight_dropout,
+            zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
             zero_output_for_mask=zero_output_for_mask, generator=generator,
         )
 

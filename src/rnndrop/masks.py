@@ -2,36 +2,51 @@
 
 Convention (every path — reference, fused CPU, GPU — uses exactly these tensors):
 
-* A mask is ``Bernoulli(1 - p) / (1 - p)``: every entry is exactly ``0`` or ``1 / (1 - p)``.
+* A dropout mask is ``Bernoulli(1 - p) / (1 - p)``: every entry is exactly ``0`` or ``1 / (1 - p)``.
 * Masks are sampled **once per forward call**, before the time loop, and discarded after it.
   Kernels never draw random numbers; they receive masks as tensors, so a test can feed the
   very same masks to two implementations.
-* Time-locked masks (Keras ``dropout`` / ``recurrent_dropout``, Gal & Ghahramani 2016) have no
-  time axis: one draw per sequence, reused at every timestep.
+* ``B`` below is the batch size with ``mask_scope="sample"`` (Gal: an independent mask per
+  sequence, the default) or ``1`` with ``mask_scope="batch"`` (one mask shared by the batch,
+  broadcast; cheaper and lets a recurrent mask be folded into the weights).
 
-  ============  ======================================  ===========================================
-  mask          shape                                   multiplies
-  ============  ======================================  ===========================================
-  ``input``     ``(G, B, input_size)``                  ``x_t`` before the input weights
-  ``recurrent`` ``(G, B, H_out)``                       ``h_{t-1}`` before the recurrent weights
-  ============  ======================================  ===========================================
+  ===============  ==========================  ==============================================  =========
+  field            shape                       where it acts                                   lifetime
+  ===============  ==========================  ==============================================  =========
+  ``input``        ``(G, B, input_size)``      multiplies ``x_t`` before the input weights     sequence
+  ``recurrent``    ``(G, B, H_out)``           multiplies ``h_{t-1}`` before recurrent weights sequence
+  ``weight_hh``    ``(G * H, H_out)``          multiplies ``W_hh`` (DropConnect)               call
+  ``candidate``    ``(1, B, H)``               multiplies the LSTM ``g`` / GRU ``n`` candidate sequence
+  ``zoneout_h``    ``(T, B, H_out)``           keep-previous weight of ``h`` (see below)        step
+  ``zoneout_c``    ``(T, B, H)``               keep-previous weight of ``c`` (LSTM)             step
+  ===============  ==========================  ==============================================  =========
 
   ``G`` is 1 when one mask is shared by all gates (``gate_masks="shared"``, Gal's "tied"
   variant) or the number of gates (LSTM 4, GRU 3, RNN 1) with ``gate_masks="per_gate"``
   (Keras's layout whenever ``recurrent_dropout > 0``; Gal's "untied"). Gate blocks follow the
-  torch weight layout: LSTM ``i, f, g, o``; GRU ``r, z, n``. ``H_out`` is ``proj_size`` for a
-  projected LSTM, else ``hidden_size``. The cell state ``c`` is never masked.
+  torch weight layout: LSTM ``i, f, g, o``; GRU ``r, z, n``. ``H`` is ``hidden_size``; ``H_out``
+  is ``proj_size`` for a projected LSTM, else ``hidden_size``. The cell state ``c`` is never
+  dropped (only zoned out).
+* Time-locked masks (``input``, ``recurrent``, ``candidate``; Keras ``dropout`` /
+  ``recurrent_dropout``, Gal & Ghahramani 2016, Semeniuta et al. 2016) have no time axis: one
+  draw per sequence, reused at every timestep. ``weight_hh`` (Wan et al. 2013; Merity et al.
+  2017) is one draw per call, shared by the batch and all timesteps.
+* Zoneout (Krueger et al. 2016) is not scaled: its tensors are the weight ``w`` of the previous
+  state in ``s_t = w ⊙ s_{t-1} + (1 - w) ⊙ s̃_t``: Bernoulli(z) draws, fresh per timestep, in
+  training; the constant ``z`` (shape ``(1, 1, 1)``) in eval — the expectation.
 * Between stacked layers, torch's own ``dropout`` argument keeps its torch meaning: an
-  independent mask per element **and timestep**, shape ``(T, B, D * H_out)``.
+  independent mask per element **and timestep**, shape ``(T, B, D * H_out)``; with
+  ``locked_dropout=True`` one mask per sequence, shape ``(1, B, D * H_out)``.
 
 Sampling order (so that a seeded generator reproduces a run): for each layer, for each
-direction, the input mask then the recurrent mask; then that layer's between-layer mask.
+direction: input, recurrent, weight_hh, candidate, zoneout_h, zoneout_c (each only if its rate
+is non-zero); then that layer's between-layer mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -40,6 +55,8 @@ from .errors import RnnDropTypeError, RnnDropValueError
 
 GateMasks = Literal["shared", "per_gate"]
 GATE_MASK_CHOICES: tuple[str, ...] = ("shared", "per_gate")
+MaskScope = Literal["sample", "batch"]
+MASK_SCOPE_CHOICES: tuple[str, ...] = ("sample", "batch")
 
 
 def check_probability(p: object, argument: str) -> float:
@@ -52,10 +69,14 @@ def check_probability(p: object, argument: str) -> float:
     return p
 
 
-def check_gate_masks(value: object) -> GateMasks:
-    if value not in GATE_MASK_CHOICES:
-        raise RnnDropValueError(f"gate_masks must be one of {GATE_MASK_CHOICES}, got {value!r}")
+def check_choice(value: object, argument: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise RnnDropValueError(f"{argument} must be one of {choices}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_gate_masks(value: object) -> GateMasks:
+    return check_choice(value, "gate_masks", GATE_MASK_CHOICES)  # type: ignore[return-value]
 
 
 def bernoulli_mask(
@@ -73,17 +94,35 @@ def bernoulli_mask(
     return mask.div_(keep)
 
 
+def bernoulli_draw(
+    shape: Sequence[int],
+    p: float,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Unscaled Bernoulli(p) draws (1 with probability ``p``): zoneout's keep-previous weights."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device).bernoulli_(p, generator=generator)
+
+
 @dataclass(frozen=True)
 class DirectionMasks:
-    """Time-locked masks of one layer and one direction, for one forward call.
+    """Masks of one layer and one direction, for one forward call (shapes: module docstring).
 
-    Attributes:
-        input: ``(G, B, input_size)`` or ``None`` (no input dropout).
-        recurrent: ``(G, B, H_out)`` or ``None`` (no recurrent dropout).
+    A field is ``None`` when its technique is off.
     """
 
     input: torch.Tensor | None = None
     recurrent: torch.Tensor | None = None
+    weight_hh: torch.Tensor | None = None
+    candidate: torch.Tensor | None = None
+    zoneout_h: torch.Tensor | None = None
+    zoneout_c: torch.Tensor | None = None
+
+    def active(self) -> tuple[str, ...]:
+        """Names of the fields that are set (what a kernel must support to run these masks)."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
 
 
 @dataclass(frozen=True)
@@ -92,8 +131,8 @@ class DropoutMasks:
 
     Attributes:
         layers: ``layers[k][d]`` holds layer ``k``, direction ``d`` (0 forward, 1 reverse).
-        between: ``between[k]`` is the torch-style ``(T, B, D * H_out)`` mask applied to the
-            output of layer ``k`` before layer ``k + 1`` (``None`` when off); length ``num_layers - 1``.
+        between: ``between[k]`` is the ``(T or 1, B, D * H_out)`` mask applied to the output of
+            layer ``k`` before layer ``k + 1`` (``None`` when off); length ``num_layers - 1`` or 0.
     """
 
     layers: tuple[tuple[DirectionMasks, ...], ...]
@@ -113,15 +152,29 @@ class MaskSpec:
     recurrent_p: float
     between_p: float
     gate_masks: GateMasks
+    hidden_size: int = 0  # size of c and of the gates' blocks; 0 means hidden_out
+    weight_p: float = 0.0
+    candidate_p: float = 0.0
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0
+    scope: MaskScope = "sample"
+    locked_between: bool = False
 
     @property
     def mask_gates(self) -> int:
         return self.num_gates if self.gate_masks == "per_gate" else 1
 
+    @property
+    def cell_size(self) -> int:
+        return self.hidden_size or self.hidden_out
+
     def is_empty(self) -> bool:
-        return self.input_p == 0.0 and self.recurrent_p == 0.0 and (
-            self.between_p == 0.0 or self.num_layers == 1
-        )
+        """True when a training call samples nothing."""
+        rates = (self.input_p, self.recurrent_p, self.weight_p, self.candidate_p, self.zoneout_h, self.zoneout_c)
+        return all(r == 0.0 for r in rates) and (self.between_p == 0.0 or self.num_layers == 1)
+
+    def has_zoneout(self) -> bool:
+        return self.zoneout_h > 0 or self.zoneout_c > 0
 
     def sample(
         self,
@@ -132,67 +185,94 @@ class MaskSpec:
         device: torch.device | str,
         generator: torch.Generator | None = None,
     ) -> DropoutMasks:
-        """Draw all masks for a call on ``batch`` sequences of ``time`` steps (order: module docstring)."""
+        """Draw all masks of a training call on ``batch`` sequences of ``time`` steps.
+
+        The order of draws is fixed (module docstring), so a seeded generator reproduces them.
+        """
         g = self.mask_gates
+        b = batch if self.scope == "sample" else 1
+        kw = {"dtype": dtype, "device": device, "generator": generator}
         layers = []
         between: list[torch.Tensor | None] = []
         for k in range(self.num_layers):
             directions = []
             for _ in range(self.num_directions):
-                inp = rec = None
+                m: dict[str, torch.Tensor] = {}
                 if self.input_p > 0:
-                    inp = bernoulli_mask(
-                        (g, batch, self.input_sizes[k]), self.input_p,
-                        dtype=dtype, device=device, generator=generator,
-                    )
+                    m["input"] = bernoulli_mask((g, b, self.input_sizes[k]), self.input_p, **kw)
                 if self.recurrent_p > 0:
-                    rec = bernoulli_mask(
-                        (g, batch, self.hidden_out), self.recurrent_p,
-                        dtype=dtype, device=device, generator=generator,
-                    )
-                directions.append(DirectionMasks(inp, rec))
+                    m["recurrent"] = bernoulli_mask((g, b, self.hidden_out), self.recurrent_p, **kw)
+                if self.weight_p > 0:
+                    shape = (self.num_gates * self.cell_size, self.hidden_out)
+                    m["weight_hh"] = bernoulli_mask(shape, self.weight_p, **kw)
+                if self.candidate_p > 0:
+                    m["candidate"] = bernoulli_mask((1, b, self.cell_size), self.candidate_p, **kw)
+                if self.zoneout_h > 0:
+                    m["zoneout_h"] = bernoulli_draw((time, b, self.hidden_out), self.zoneout_h, **kw)
+                if self.zoneout_c > 0:
+                    m["zoneout_c"] = bernoulli_draw((time, b, self.cell_size), self.zoneout_c, **kw)
+                directions.append(DirectionMasks(**m))
             layers.append(tuple(directions))
             if k < self.num_layers - 1:
-                between.append(
-                    bernoulli_mask(
-                        (time, batch, self.num_directions * self.hidden_out), self.between_p,
-                        dtype=dtype, device=device, generator=generator,
-                    )
-                    if self.between_p > 0
-                    else None
-                )
+                steps = 1 if self.locked_between else time
+                shape = (steps, b if self.locked_between else batch, self.num_directions * self.hidden_out)
+                between.append(bernoulli_mask(shape, self.between_p, **kw) if self.between_p > 0 else None)
         return DropoutMasks(tuple(layers), tuple(between))
+
+    def eval_masks(self, *, dtype: torch.dtype, device: torch.device | str) -> DropoutMasks | None:
+        """What an eval-mode call uses: nothing, except zoneout's expectation (constant ``z``)."""
+        if not self.has_zoneout():
+            return None
+        m: dict[str, torch.Tensor] = {}
+        if self.zoneout_h > 0:
+            m["zoneout_h"] = torch.full((1, 1, 1), self.zoneout_h, dtype=dtype, device=device)
+        if self.zoneout_c > 0:
+            m["zoneout_c"] = torch.full((1, 1, 1), self.zoneout_c, dtype=dtype, device=device)
+        direction = DirectionMasks(**m)
+        layers = tuple((direction,) * self.num_directions for _ in range(self.num_layers))
+        return DropoutMasks(layers, ())
 
     def check(self, masks: DropoutMasks, batch: int, time: int) -> None:
         """Validate user-supplied masks against this spec (shapes only; values are the caller's)."""
         if not isinstance(masks, DropoutMasks):
             raise RnnDropTypeError(f"dropout_masks must be a rnndrop.DropoutMasks, got {type(masks).__name__}")
-        if len(masks.layers) != self.num_layers or any(
-            len(d) != self.num_directions for d in masks.layers
-        ):
+        if len(masks.layers) != self.num_layers or any(len(d) != self.num_directions for d in masks.layers):
             raise RnnDropValueError(
                 f"dropout_masks.layers must be {self.num_layers} layers x {self.num_directions} directions"
             )
+        h, c = self.hidden_out, self.cell_size
+        allowed = {
+            "input": None,  # per layer, filled below
+            "recurrent": ((1, self.num_gates), (1, batch), (h,)),
+            "weight_hh": ((self.num_gates * c,), (h,)),
+            "candidate": ((1,), (1, batch), (c,)),
+            "zoneout_h": ((1, time), (1, batch), (1, h)),
+            "zoneout_c": ((1, time), (1, batch), (1, c)),
+        }
         for k, dirs in enumerate(masks.layers):
+            allowed["input"] = ((1, self.num_gates), (1, batch), (self.input_sizes[k],))
             for d, m in enumerate(dirs):
-                for name, t, size in (
-                    ("input", m.input, self.input_sizes[k]),
-                    ("recurrent", m.recurrent, self.hidden_out),
-                ):
-                    if t is None:
-                        continue
-                    ok_shape = t.dim() == 3 and t.shape[0] in (1, self.num_gates) and t.shape[1] in (
-                        1, batch) and t.shape[2] == size
-                    if not ok_shape:
+                if not isinstance(m, DirectionMasks):
+                    raise RnnDropTypeError(
+                        f"dropout_masks.layers[{k}][{d}] must be a rnndrop.DirectionMasks, got {type(m).__name__}"
+                    )
+                for name in m.active():
+                    t = getattr(m, name)
+                    options = allowed[name]
+                    if not isinstance(t, torch.Tensor) or t.dim() != len(options) or any(
+                        size not in ok for size, ok in zip(t.shape, options)
+                    ):
+                        want = " x ".join("|".join(str(o) for o in ok) for ok in options)
+                        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                         raise RnnDropValueError(
-                            f"dropout_masks.layers[{k}][{d}].{name} must have shape (1 or {self.num_gates}, "
-                            f"1 or {batch}, {size}), got {tuple(t.shape)}"
+                            f"dropout_masks.layers[{k}][{d}].{name} must have shape ({want}), got {got}"
                         )
         if len(masks.between) not in (0, self.num_layers - 1):
             raise RnnDropValueError(f"dropout_masks.between must have {self.num_layers - 1} entries")
         for k, t in enumerate(masks.between):
-            want = (time, batch, self.num_directions * self.hidden_out)
-            if t is not None and tuple(t.shape) != want:
+            size = self.num_directions * self.hidden_out
+            if t is not None and (t.dim() != 3 or t.shape[0] not in (1, time) or t.shape[1] not in (1, batch)
+                                  or t.shape[2] != size):
                 raise RnnDropValueError(
-                    f"dropout_masks.between[{k}] must have shape {want}, got {tuple(t.shape)}"
+                    f"dropout_masks.between[{k}] must have shape (1|{time}, 1|{batch}, {size}), got {tuple(t.shape)}"
                 )

@@ -15,12 +15,12 @@ reverse direction walks the padding first, keeping its initial state).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .activations import get_activation
-from .cells import gru_step, input_projection, lstm_step, rnn_step
+from .cells import drop_weight, gru_step, input_projection, lstm_step, rnn_step, zoneout
 from .masks import DirectionMasks, DropoutMasks
 
 
@@ -71,18 +71,26 @@ def run_direction(
     act = get_activation(cfg.activation)
     ract = get_activation(cfg.recurrent_activation)
     gi_all = input_projection(x, params.w_ih, params.b_ih, masks.input)
-    rmask = masks.recurrent
+    rmask, cmask = masks.recurrent, masks.candidate
+    zone = (masks.zoneout_h, masks.zoneout_c)
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     outputs: list[torch.Tensor | None] = [None] * x.shape[0]
     prev_out = torch.zeros_like(state[0])
     for t in steps:
         gi = gi_all[t]
         if cfg.mode == "LSTM":
-            new: State = lstm_step(gi, state[0], state[1], params.w_hh, params.b_hh, params.w_hr, rmask, act, ract)
+            new: State = lstm_step(
+                gi, state[0], state[1], params.w_hh, params.b_hh, params.w_hr, rmask, act, ract, cmask
+            )
         elif cfg.mode == "GRU":
-            new = (gru_step(gi, state[0], params.w_hh, params.b_hh, rmask, act, ract, cfg.reset_after),)
+            new = (gru_step(gi, state[0], params.w_hh, params.b_hh, rmask, act, ract, cfg.reset_after, cmask),)
         else:
             new = (rnn_step(gi, state[0], params.w_hh, params.b_hh, rmask, act),)
+        if zone[0] is not None or zone[1] is not None:
+            new = tuple(
+                zoneout(n, o, None if z is None else z[t if z.shape[0] > 1 else 0])
+                for n, o, z in zip(new, state, zone)
+            )
         if step_mask is None:
             state = new
             out = new[0]
@@ -130,6 +138,10 @@ def run_stack(
             idx = k * num_dirs + d
             state = tuple(s[idx] for s in init_states)
             dmasks = masks.layers[k][d] if masks is not None else DirectionMasks()
+            if dmasks.weight_hh is not None:
+                # DropConnect is folded into the weight here, once per call, for every implementation.
+                p = replace(p, w_hh=drop_weight(p.w_hh, dmasks.weight_hh))
+                dmasks = replace(dmasks, weight_hh=None)
             out, state = direction_fn(cfg, layer_input, state, p, dmasks, step_mask, d == 1, zero_masked_output)
             outs.append(out)
             for acc, s in zip(finals, state):
