@@ -8,8 +8,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # pytest hoo
         return
     terminalreporter.section("rnndrop vs torch.nn: max abs error observed (float64)")
     cases = sorted({key.rsplit(" ", 1)[0] for key in OBSERVED})
-    terminalreporter.write_line(f"{'case':<32s} {'forward':>10s} {'gradients':>10s}")
+    terminalreporter.write_line(f"{'case':<40s} {'forward':>10s} {'gradients':>10s}")
     for case in cases:
         fwd, grad = OBSERVED.get(f"{case} forward"), OBSERVED.get(f"{case} grad")
         cells = [f"{v:10.2e}" if v is not None else f"{'-':>10s}" for v in (fwd, grad)]
-        terminalreporter.write_line(f"{case:<32s} {cells[0]} {cells[1]}")
+        terminalreporter.write_line(f"{case:<40s} {cells[0]} {cells[1]}")
