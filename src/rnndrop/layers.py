@@ -330,7 +330,10 @@ class RecurrentBase(nn.Module):
             return tuple(torch.zeros(rows, batch, s, dtype=dtype, device=device) for s in sizes)
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise RnnDropTypeError("hx must be a tuple (h_0, c_0) for LSTM")
+                raise RnnDropTypeError(
+                    f"hx must be a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+                )
             states = tuple(hx)
             names = ("h_0", "c_0")
         else:
@@ -363,6 +366,8 @@ class RecurrentBase(nn.Module):
         dropout_masks: DropoutMasks | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Any, Any]:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise RnnDropTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         packed = isinstance(input, PackedSequence)
         if packed:
             if step_mask is not None or lengths is not None:
