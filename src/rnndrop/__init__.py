@@ -1,6 +1,16 @@
 """rnndrop: PyTorch LSTM / GRU / RNN with every kind of recurrent dropout, Keras-exact."""
 
+from .dropout import (
+    Dropout,
+    EmbeddingDropout,
+    LockedDropout,
+    SpatialDropout1d,
+    SpatialDropout2d,
+    SpatialDropout3d,
+    embedding_dropout,
+)
 from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
+from .inference import MCPrediction, mc_dropout, mc_predict
 from .layers import GRU, LSTM, RNN, RecurrentBase
 from .masks import DirectionMasks, DropoutMasks, MaskSpec
 
@@ -11,11 +21,21 @@ __all__ = [
     "LSTM",
     "RNN",
     "DirectionMasks",
+    "Dropout",
     "DropoutMasks",
+    "EmbeddingDropout",
     "KernelUnavailableError",
+    "LockedDropout",
+    "MCPrediction",
     "MaskSpec",
     "RecurrentBase",
     "RnnDropTypeError",
     "RnnDropValueError",
+    "SpatialDropout1d",
+    "SpatialDropout2d",
+    "SpatialDropout3d",
     "__version__",
+    "embedding_dropout",
+    "mc_dropout",
+    "mc_predict",
 ]
