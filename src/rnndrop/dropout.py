@@ -274,8 +274,8 @@ class LockedDropout(_MaskDropout):
     Gal & Ghahramani (2016) and AWD-LSTM (Merity et al. 2017) use it on the inputs and outputs of
     recurrent layers and between stacked layers (rnndrop's layers do the latter internally with
     ``locked_dropout=True``). The mask has shape ``(B, 1, *F)`` for a batch-first input
-    ``(B, T, *F)``, ``(1, B, *F)`` time-major; for an unbatched ``(T, *F)`` input — pass
-    ``batch_first=True`` and a 2-D tensor — it is ``(1, *F)``.
+    ``(B, T, *F)``, ``(1, B, *F)`` time-major; a 2-D input is one unbatched sequence ``(T, F)``
+    and gets a ``(1, F)`` mask.
 
     A ``PackedSequence`` is accepted too: each sequence gets one ``(*F)`` mask applied to all of
     its steps, drawn in the original batch order, so that the same generator state gives the
