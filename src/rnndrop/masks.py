@@ -45,6 +45,7 @@ is non-zero); then that layer's between-layer mask.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -61,7 +62,8 @@ MASK_SCOPE_CHOICES: tuple[str, ...] = ("sample", "batch")
 
 def check_probability(p: object, argument: str) -> float:
     """Validate a dropout probability in ``[0, 1)`` and return it as a float."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    # numbers.Real, like torch.nn: numpy scalars (np.float32(0.2)) are accepted, bools are not.
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise RnnDropTypeError(f"{argument} must be a float in [0, 1), got {type(p).__name__}")
     p = float(p)
     if not 0.0 <= p < 1.0:  # NaN fails this test too

@@ -12,6 +12,7 @@ import re
 from contextlib import AbstractContextManager
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -61,6 +62,10 @@ def test_valid_probability_edges(argument):
     layer = rnndrop.GRU(3, 4, num_layers=2, **{argument: 0})
     assert getattr(layer, argument) == 0.0 and isinstance(getattr(layer, argument), float)
     assert getattr(rnndrop.GRU(3, 4, num_layers=2, **{argument: 0.999}), argument) == 0.999
+    # Any real number, as torch.nn accepts: numpy scalars from configs or sweeps included.
+    assert getattr(rnndrop.GRU(3, 4, num_layers=2, **{argument: np.float32(0.25)}), argument) == 0.25
+    with raises_naming(RnnDropTypeError, argument):
+        rnndrop.GRU(3, 4, num_layers=2, **{argument: np.bool_(False)})
 
 
 @given(
