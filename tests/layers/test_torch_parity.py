@@ -14,6 +14,8 @@ import torch
 from rnn_pairs import F64, KINDS, as_tuple, make_pair, max_abs, random_hx, record
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+import rnndrop
+
 TOL = 1e-10
 INPUT, HIDDEN, TIME, BATCH = 3, 4, 5, 3
 
@@ -220,3 +222,24 @@ def test_eval_mode_with_dropout_equals_torch(kind, gate_masks):
     second, _ = ours(x, hx)
     assert torch.equal(first, second)
     assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], f"{kind} eval+dropout")
+
+
+# --------------------------------------------------------------------------- constructor signature
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls, args",
+    [
+        # input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
+        (rnndrop.LSTM, torch.nn.LSTM, (3, 4, 2, False, True, 0.25, True, 2)),
+        # ..., num_layers, bias, batch_first, dropout, bidirectional
+        (rnndrop.GRU, torch.nn.GRU, (3, 4, 2, False, True, 0.25, True)),
+        # ..., num_layers, nonlinearity, bias, batch_first, dropout, bidirectional
+        (rnndrop.RNN, torch.nn.RNN, (3, 4, 2, "relu", False, True, 0.25, True)),
+    ],
+)
+def test_positional_arguments_mean_what_they_mean_in_torch(ours_cls, theirs_cls, args):
+    ours, theirs = ours_cls(*args), theirs_cls(*args)
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+                 "proj_size", "nonlinearity"):
+        if hasattr(theirs, attr):
+            assert getattr(ours, attr) == getattr(theirs, attr), attr
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
