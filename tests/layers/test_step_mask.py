@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rnn_pairs import F64, as_tuple, max_abs, record
 from torch import nn
 
@@ -218,3 +220,27 @@ def test_all_true_step_mask_changes_nothing():
     out_m, (h_m, c_m) = layer(x, step_mask=torch.ones(BATCH, TIME, dtype=torch.bool))
     out, (h, c) = layer(x)
     assert torch.equal(out_m, out) and torch.equal(h_m, h) and torch.equal(c_m, c)
+
+
+@given(
+    kind=st.sampled_from(list(LAYERS)),
+    rows=st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=4),
+    bidirectional=st.booleans(),
+    zero_output=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=20, deadline=None)
+def test_random_step_masks_match_oracle(kind, rows, bidirectional, zero_output, seed):
+    torch.manual_seed(seed)
+    layer = LAYERS[kind](bidirectional=bidirectional, batch_first=True, zero_output_for_mask=zero_output)
+    mask = torch.tensor(rows, dtype=torch.bool)
+    batch, time = mask.shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, time, INPUT, generator=gen, dtype=F64)
+    n = 2 if kind == "lstm" else 1
+    states = tuple(torch.randn(2 if bidirectional else 1, batch, HIDDEN, generator=gen, dtype=F64) for _ in range(n))
+    out, finals = _call(layer, x, states, step_mask=mask)
+    want_out, want_finals = oracle(layer, x, states, mask, zero_output)
+    assert max_abs(out, want_out) < TOL
+    for a, b in zip(finals, want_finals):
+        assert max_abs(a, b) < TOL
