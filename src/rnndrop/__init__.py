@@ -11,6 +11,7 @@ from .dropout import (
 )
 from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
 from .inference import MCPrediction, mc_dropout, mc_predict
+from .interop import from_keras, to_keras
 from .layers import GRU, LSTM, RNN, RecurrentBase
 from .masks import DirectionMasks, DropoutMasks, MaskSpec
 
@@ -36,6 +37,8 @@ __all__ = [
     "SpatialDropout3d",
     "__version__",
     "embedding_dropout",
+    "from_keras",
     "mc_dropout",
     "mc_predict",
+    "to_keras",
 ]
