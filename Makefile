@@ -26,8 +26,12 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 install: $(VENV)/.installed-base
 install-test: $(VENV)/.installed-test
 
-demo: install
-	$(BIN)/rnndrop demo
+$(VENV)/.installed-cli: pyproject.toml $(VENV)/.installed-base
+	$(PIP) install -e ".[cli]" "$(TORCH_PIN)"
+	touch $@
+
+demo: $(VENV)/.installed-cli
+	$(BIN)/rnndrop compare
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo
+    from . import compare, demo
 
     parser = argparse.ArgumentParser(prog="rnndrop", description="Recurrent networks with every kind of dropout.")
     sub = parser.add_subparsers(dest="command", required=True)
+    compare.add_parser(sub)
     demo.add_parser(sub)
     return parser
 

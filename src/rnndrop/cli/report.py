@@ -1,0 +1,236 @@
+"""Summaries, the table, the recommendation and the result files of ``rnndrop compare``.
+
+Every file is written atomically (:func:`atomic_write`): to a temporary file in the same folder,
+then ``os.replace`` — an interrupted run leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .metrics import paired_interval
+
+METRICS = ("accuracy", "nll", "ece")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success move it onto ``path``, else delete it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(_jsonable(data), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace NaN/inf floats by None so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def summarize(runs: Sequence[dict[str, Any]], order: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per strategy (in ``order``) with the mean and sample std over its seeds."""
+    rows = []
+    for name in order:
+        mine = sorted((r for r in runs if r["strategy"] == name), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        row: dict[str, Any] = {
+            "strategy": name,
+            "rate": mine[0]["rate"],
+            "seeds": [r["seed"] for r in mine],
+            "implementation": mine[0]["implementation"],
+            "mc_implementation": mine[0]["mc_implementation"],
+        }
+        for prefix, key in (("", "test"), ("mc_", "test_mc")):
+            for m in METRICS:
+                row[f"{prefix}{m}_mean"], row[f"{prefix}{m}_std"] = _mean_std([r[key][m] for r in mine])
+        row["best_epoch_mean"], _ = _mean_std([r["best_epoch"] for r in mine])
+        row["epochs_run_mean"], _ = _mean_std([r["epochs_run"] for r in mine])
+        row["seconds_mean"], _ = _mean_std([r["train_seconds"] + r["eval_seconds"] for r in mine])
+        rows.append(row)
+    return rows
+
+
+def comparisons(
+    runs: Sequence[dict[str, Any]], baseline: str = "none", metric: str = "accuracy", key: str = "test",
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Paired differences of ``metric`` against ``baseline`` (same seeds), with Bonferroni t-intervals.
+
+    Runs with the same seed share the validation split, initial weights and batch order, so the
+    per-seed differences are paired. The intervals hold simultaneously for all strategies with
+    probability ``confidence`` (Bonferroni over the number of comparisons).
+    """
+    base = {r["seed"]: r[key][metric] for r in runs if r["strategy"] == baseline}
+    names = list(dict.fromkeys(r["strategy"] for r in runs if r["strategy"] != baseline))
+    out = []
+    for name in names:
+        pairs = sorted((r["seed"], r[key][metric]) for r in runs if r["strategy"] == name and r["seed"] in base)
+        a = [v for _, v in pairs]
+        b = [base[s] for s, _ in pairs]
+        ci = paired_interval(a, b, confidence, comparisons=len(names)) if pairs else None
+        entry: dict[str, Any] = {"strategy": name, "pairs": len(pairs)}
+        if pairs:
+            entry["difference"] = float(np.mean(np.subtract(a, b)))
+        if ci is not None:
+            entry["low"], entry["high"] = ci[1], ci[2]
+        out.append(entry)
+    return out
+
+
+def recommendation(
+    runs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], baseline: str = "none", confidence: float = 0.95
+) -> str:
+    """One line drawn from the measured test accuracies, claiming a winner only when its interval says so."""
+    if not any(r["strategy"] == baseline for r in rows):
+        return f"No recommendation: the baseline {baseline!r} was not run."
+    others = [r for r in rows if r["strategy"] != baseline]
+    if not others:
+        return "No recommendation: only the baseline was run."
+    comps = {c["strategy"]: c for c in comparisons(runs, baseline, confidence=confidence)}
+    n = min(c["pairs"] for c in comps.values())
+    level = f"{confidence:.0%} simultaneous paired t-intervals over {n} seeds"
+    best = max(others, key=lambda r: r["accuracy_mean"])
+    c = comps[best["strategy"]]
+    if "low" not in c:
+        return (
+            f"No winner claimed: with {n} seed(s) there is no spread to judge differences by "
+            f"(highest mean accuracy: {best['strategy']} {best['accuracy_mean']:.3f} vs {baseline} "
+            f"{_row(rows, baseline)['accuracy_mean']:.3f}); run --seeds 3 or more."
+        )
+    better = [comps[r["strategy"]] for r in others if comps[r["strategy"]].get("low", -1.0) > 0]
+    worse = [comps[r["strategy"]] for r in others if comps[r["strategy"]].get("high", 1.0) < 0]
+    if better:
+        top = max(better, key=lambda c: c["difference"])
+        return (
+            f"Use {top['strategy']}: test accuracy {top['difference']:+.3f} over no dropout "
+            f"(interval [{top['low']:+.3f}, {top['high']:+.3f}], {level})"
+            + (f"; also better: {', '.join(c['strategy'] for c in better if c is not top)}" if len(better) > 1 else "")
+            + "."
+        )
+    tail = f"; measurably worse: {', '.join(c['strategy'] for c in worse)}" if worse else ""
+    return (
+        f"No strategy is measurably better than no dropout on this data: the best, {best['strategy']}, "
+        f"differs by {c['difference']:+.3f} (interval [{c['low']:+.3f}, {c['high']:+.3f}] includes 0; "
+        f"{level}){tail}. More seeds (--seeds) narrow the intervals."
+    )
+
+
+def _row(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(r for r in rows if r["strategy"] == name)
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [
+        r["strategy"],
+        _pm(r["accuracy_mean"], r["accuracy_std"]),
+        _pm(r["mc_accuracy_mean"], r["mc_accuracy_std"]),
+        _pm(r["nll_mean"], r["nll_std"]),
+        _pm(r["mc_nll_mean"], r["mc_nll_std"]),
+        _pm(r["ece_mean"], r["ece_std"]),
+        _pm(r["mc_ece_mean"], r["mc_ece_std"]),
+        f"{r['best_epoch_mean']:.0f}/{r['epochs_run_mean']:.0f}",
+        f"{r['seconds_mean']:.1f}",
+    ]
+
+
+TABLE_COLUMNS = (
+    "strategy", "test acc", "MC acc", "NLL", "MC NLL", "ECE", "MC ECE", "epochs", "seconds",
+)
+
+
+def table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> str:
+    """The final table as aligned text: mean ± std over seeds; epochs = best / run (means)."""
+    body = [list(TABLE_COLUMNS)]
+    for r in rows:
+        body.append(_cells(r))
+    widths = [max(len(line[i]) for line in body) for i in range(len(TABLE_COLUMNS))]
+    lines = []
+    for k, line in enumerate(body):
+        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for name, reason in unavailable:
+        lines.append(f"{name.ljust(widths[0])}  unavailable: {reason}")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> str:
+    """The same table in Markdown (for docs)."""
+    out = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in rows:
+        c = _cells(r)
+        out.append("| " + " | ".join([f"`{c[0]}`", *c[1:]]) + " |")
+    for name, reason in unavailable:
+        out.append(f"| `{name}` | unavailable: {reason} |" + " |" * (len(TABLE_COLUMNS) - 2))
+    return "\n".join(out)
+
+
+CSV_FIELDS = (
+    "strategy", "rate", "n_seeds",
+    *(f"{p}{m}_{s}" for p in ("", "mc_") for m in METRICS for s in ("mean", "std")),
+    "best_epoch_mean", "epochs_run_mean", "seconds_mean", "implementation", "mc_implementation",
+)
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> None:
+    """``results.csv``: one line per strategy (summary), unavailable ones with empty metrics and the reason."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_FIELDS, "unavailable"], lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        line = {k: r.get(k, "") for k in CSV_FIELDS}
+        line["n_seeds"] = len(r["seeds"])
+        for k, v in line.items():
+            if isinstance(v, float):
+                line[k] = "" if math.isnan(v) else f"{v:.6g}"
+        writer.writerow(line)
+    for name, reason in unavailable:
+        writer.writerow({"strategy": name, "unavailable": reason})
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())

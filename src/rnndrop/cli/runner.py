@@ -1,0 +1,214 @@
+"""One training run of ``rnndrop compare``: a strategy, a seed, the protocol.
+
+Protocol of a run (the same for every strategy):
+
+1. A stratified validation part (``val_fraction`` of each class) is split off the training set with the
+   run's seed; the rest trains. Channels are standardized with statistics of that training part only.
+2. ``torch.manual_seed(seed)`` before the model is built, and a batch order drawn from
+   ``numpy.random.default_rng(seed)``: with the same seed every strategy starts from the same weights
+   and sees the same batches, so results are paired across strategies.
+3. Adam, gradient-norm clipping, at most ``epochs`` epochs; after each epoch the validation loss is
+   measured in eval mode; the weights of the epoch with the lowest validation loss are kept (model
+   selection); training stops early after ``patience`` epochs without improvement.
+4. The test set is used once, with the selected weights: deterministic (eval mode) and Monte-Carlo
+   dropout (mean of ``mc_samples`` predictive distributions with only the dropout parts in training
+   mode), each with accuracy, NLL and ECE.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import rnndrop
+
+from .data import SequenceData, Task, channel_stats, standardize, stratified_split
+from .metrics import accuracy, ece, nll
+from .strategies import LocalChannelDropout, SequenceClassifier, Strategy, build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything besides the strategy and seed that decides a run's result."""
+
+    cell: str = "lstm"
+    hidden_size: int = 64
+    epochs: int = 60
+    patience: int = 20
+    batch_size: int = 32
+    lr: float = 5e-3
+    clip_norm: float = 1.0
+    val_fraction: float = 0.2
+    mc_samples: int = 30
+    standardize: bool = True
+    ece_bins: int = 15
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _tensors(data: SequenceData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(data.x), torch.from_numpy(data.lengths), torch.from_numpy(data.y)
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def predict_proba(model: SequenceClassifier, data: SequenceData, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities ``(N, K)`` in the model's current mode, batched (no gradients)."""
+    x, lengths, _ = _tensors(data)
+    out = []
+    with torch.no_grad():
+        for s in _batches(len(data), batch_size):
+            t = int(lengths[s].max())
+            out.append(F.softmax(model(x[s, :t], lengths[s]), dim=-1))
+    return torch.cat(out).double().numpy()
+
+
+def mc_implementation() -> str:
+    """``"rnndrop.mc_predict"`` when the installed rnndrop has it (and it fits), else ``"local"``."""
+    fn = getattr(rnndrop, "mc_predict", None)
+    if fn is None:
+        return "local"
+    params = inspect.signature(fn).parameters
+    return "rnndrop.mc_predict" if "samples" in params else "local"
+
+
+def mc_proba(
+    model: SequenceClassifier, data: SequenceData, samples: int, seed: int = 0, batch_size: int = 512
+) -> np.ndarray:
+    """Monte-Carlo dropout: the mean of ``samples`` predictive distributions ``(N, K)``.
+
+    Only the model's stochastic parts (its dropout modules and a recurrent layer with dropout) run in
+    training mode; everything else stays in eval mode. Modes are restored afterwards. Without any
+    dropout this equals the deterministic prediction, and one pass is made. Uses
+    ``rnndrop.mc_predict`` when the installed rnndrop has it, else a local loop; ``seed`` fixes the draws.
+    """
+    parts = model.stochastic_parts()
+    if not parts or samples <= 1:
+        return predict_proba(model, data, batch_size)
+    if mc_implementation() == "rnndrop.mc_predict":
+        return _mc_rnndrop(model, data, samples, seed, batch_size)
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for part in parts:
+            part.train()
+        total = np.zeros((len(data), model.head.out_features))
+        for _ in range(samples):
+            total += predict_proba(model, data, batch_size)
+        return total / samples
+    finally:
+        model.train(was_training)
+
+
+def _mc_rnndrop(model: SequenceClassifier, data: SequenceData, samples: int, seed: int, batch_size: int) -> np.ndarray:
+    x, lengths, _ = _tensors(data)
+    out = []
+    for s in _batches(len(data), batch_size):
+        t = int(lengths[s].max())
+        # (x, lengths) go in as a tuple: mc_predict repeats both along the batch when it vectorizes.
+        result = rnndrop.mc_predict(
+            model, (x[s, :t], lengths[s]), samples=samples, seed=seed,
+            include=lambda m: isinstance(m, LocalChannelDropout),
+        )
+        out.append(result.mean)
+    return torch.cat(out).double().numpy()
+
+
+def _metrics(probs: np.ndarray, y: np.ndarray, bins: int) -> dict[str, float]:
+    return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y, bins)}
+
+
+def train_run(
+    task: Task,
+    strategy: Strategy,
+    rate: float,
+    seed: int,
+    cfg: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, object]:
+    """Train and evaluate ``strategy`` at ``rate`` with ``seed`` (protocol: module docstring).
+
+    Returns a JSON-ready record: metrics (deterministic and MC), per-epoch history, timing.
+    ``on_epoch(epoch, stats)`` is called after each epoch (progress display).
+    """
+    kept, held = stratified_split(task.train.y, cfg.val_fraction, seed)
+    train, val, test = task.train.subset(kept), task.train.subset(held), task.test
+    if cfg.standardize:
+        mean, std = channel_stats(train)
+        train, val, test = (standardize(d, mean, std) for d in (train, val, test))
+
+    torch.manual_seed(seed)
+    model, implementation = build_model(
+        strategy, rate, cfg.cell, task.channels, cfg.hidden_size, task.num_classes
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(seed)
+    x, lengths, y = _tensors(train)
+
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    epochs_run = 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(train)))
+        losses = []
+        for s in _batches(len(train), cfg.batch_size):
+            idx = order[s]
+            t = int(lengths[idx].max())
+            loss = F.cross_entropy(model(x[idx, :t], lengths[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            losses.append(loss.item() * len(idx))
+        model.eval()
+        probs = predict_proba(model, val)
+        val_loss = nll(probs, val.y)
+        stats = {"train_loss": sum(losses) / len(train), "val_loss": val_loss, "val_accuracy": accuracy(probs, val.y)}
+        for k, v in stats.items():
+            history[k].append(v)
+        epochs_run = epoch
+        if val_loss < best_loss:
+            best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+        if epoch - best_epoch >= cfg.patience:
+            break
+    train_seconds = time.perf_counter() - start
+
+    model.load_state_dict(best_state)
+    model.eval()
+    start = time.perf_counter()
+    det = _metrics(predict_proba(model, test), test.y, cfg.ece_bins)
+    # MC draws: reproducible, and a stream apart from training's
+    mc = _metrics(mc_proba(model, test, cfg.mc_samples, seed=seed + 1_000_003), test.y, cfg.ece_bins)
+    eval_seconds = time.perf_counter() - start
+    return {
+        "strategy": strategy.name,
+        "seed": seed,
+        "rate": rate if strategy.name != "none" else 0.0,
+        "implementation": implementation,
+        "mc_implementation": mc_implementation() if model.stochastic_parts() else "none (no dropout)",
+        "test": det,
+        "test_mc": mc,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "best_val_loss": best_loss,
+        "best_val_accuracy": history["val_accuracy"][best_epoch - 1],
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "history": history,
+    }
