@@ -31,6 +31,10 @@ training step). Keras 3 does not serialise ``implementation``; a layer built wit
 ``implementation=1`` and ``recurrent_dropout == 0`` therefore converts with shared input masks unless the
 config carries ``"implementation": 1`` (as Keras 2 configs do) — eval-mode outputs are identical either way.
 Activation names are read with Keras 3's definitions (Keras 2's ``hard_sigmoid`` was 0.2x + 0.5).
+
+Masked steps follow Keras's TensorFlow and torch backends: before the first real step the "previous output"
+is zeros. (Keras on JAX/NumPy repeats the initial ``h`` there instead; the two differ only for a mask that
+starts with padding together with a non-zero ``initial_state``.)
 """
 
 from __future__ import annotations
