@@ -86,6 +86,10 @@ def run_direction(
             new = (gru_step(gi, state[0], params.w_hh, params.b_hh, rmask, act, ract, cfg.reset_after, cmask),)
         else:
             new = (rnn_step(gi, state[0], params.w_hh, params.b_hh, rmask, act),)
+        # Under autocast a matmul result without a float32 term added (no bias, LSTM projection) comes
+        # back in bf16/fp16; carrying it would run the recurrence in low precision and mix dtypes.
+        # The states stay in their own dtype (float32): only the matmuls run in low precision.
+        new = tuple(n if n.dtype == o.dtype else n.to(o.dtype) for n, o in zip(new, state))
         if zone[0] is not None or zone[1] is not None:
             new = tuple(
                 zoneout(n, o, None if z is None else z[t if z.shape[0] > 1 else 0])
