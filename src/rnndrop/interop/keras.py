@@ -23,6 +23,8 @@ mask layout              ``gate_masks="per_gate"`` when ``recurrent_dropout > 0`
 ``activation`` etc.      same names (``None`` = ``"linear"``; ``hard_sigmoid`` is Keras 3's clip(x/6 + 1/2))
 ``zero_output_for_mask`` ``zero_output_for_mask`` (forced to ``return_sequences`` inside ``Bidirectional``,
                          as Keras does)
+``Dropout``              :class:`rnndrop.Dropout` (``rate``, ``noise_shape``: both batch first, input order)
+``SpatialDropout1D``     :class:`rnndrop.SpatialDropout1d` (batch first, mask ``(B, 1, C)``)
 =======================  ====================================================================================
 
 Initialisers, regularisers, constraints, ``unit_forget_bias``, ``seed``, ``unroll`` and ``use_cudnn`` do not
@@ -50,6 +52,7 @@ from torch import nn
 
 from ..activations import resolve_activation
 from ..cells import NUM_GATES
+from ..dropout import Dropout, SpatialDropout1d, check_noise_shape
 from ..errors import RnnDropTypeError, RnnDropValueError
 from ..layers import GRU, LSTM, RNN, RecurrentBase
 from ..masks import DropoutMasks, GateMasks
@@ -183,6 +186,21 @@ def _warn_unknown(config: Mapping[str, Any], known: set[str], where: str) -> Non
         warnings.warn(
             f"{where}: ignoring Keras config keys rnndrop does not know: {unknown}", UserWarning, stacklevel=4
         )
+
+
+def _dropout_from_keras(class_name: str, config: Mapping[str, Any], weights: object) -> Dropout | SpatialDropout1d:
+    """Keras ``Dropout`` / ``SpatialDropout1D`` (no weights; Keras's ``seed`` is ignored: torch's RNG draws)."""
+    cfg = _Config(config, "layer_config['config']")
+    if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)) or len(weights) != 0:
+        got = len(weights) if isinstance(weights, Sequence) else type(weights).__name__
+        raise RnnDropValueError(f"weights must be empty for a Keras {class_name} (it has no weights), got {got}")
+    if class_name == "SpatialDropout1D":
+        _warn_unknown(config, {"rate"}, cfg.where)
+        return SpatialDropout1d(cfg.rate("rate"), batch_first=True)
+    _warn_unknown(config, {"rate", "noise_shape"}, cfg.where)
+    # A Keras noise_shape lists the input's axes batch first, which is the input's own order here.
+    noise_shape = check_noise_shape(config.get("noise_shape"), cfg.path("noise_shape"))
+    return Dropout(cfg.rate("rate"), noise_shape, batch_first=True)
 
 
 def _parse_recurrent(layer_config: object, where: str) -> _RecurrentSpec:
@@ -669,15 +687,18 @@ def from_keras(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-) -> KerasRecurrent | KerasBidirectional:
-    """Build a torch module that computes exactly what a Keras 3 recurrent layer computes.
+) -> KerasRecurrent | KerasBidirectional | Dropout | SpatialDropout1d:
+    """Build a torch module that computes exactly what a Keras 3 recurrent (or dropout) layer computes.
 
     Args:
         layer_config: the serialized layer, ``{"class_name": ..., "config": layer.get_config(), ...}`` as
             ``keras.saving.serialize_keras_object(layer)`` returns it or a ``.keras`` file's ``config.json``
             holds it (extra keys such as ``"module"``, ``"registered_name"``, ``"build_config"`` are ignored).
             ``class_name``: ``"LSTM"``, ``"GRU"``, ``"SimpleRNN"``, ``"RNN"`` (over an ``LSTMCell``,
-            ``GRUCell`` or ``SimpleRNNCell``) or ``"Bidirectional"`` wrapping one of those.
+            ``GRUCell`` or ``SimpleRNNCell``) or ``"Bidirectional"`` wrapping one of those; or ``"Dropout"``
+            (``rate``, ``noise_shape``) / ``"SpatialDropout1D"`` (``rate``), which give :class:`rnndrop.Dropout` /
+            :class:`rnndrop.SpatialDropout1d` (batch first; ``weights`` must be ``[]``; ``dtype``/``device``
+            unused).
         weights: ``layer.get_weights()``: numpy arrays (kernel, recurrent_kernel[, bias]; Bidirectional:
             forward layer's then backward layer's).
         dtype: parameter dtype; default the weights' dtype (Keras's default float32).
@@ -691,6 +712,8 @@ def from_keras(
         weight count, shape or dtype. Unknown config keys only warn.
     """
     class_name, config = _class_and_config(layer_config, "layer_config")
+    if class_name in ("Dropout", "SpatialDropout1D"):
+        return _dropout_from_keras(class_name, config, weights).eval()
     if class_name == "Bidirectional":
         cfg = _Config(config, "layer_config['config']")
         _warn_unknown(config, {"merge_mode", "layer", "backward_layer"}, cfg.where)
