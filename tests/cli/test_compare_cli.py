@@ -186,3 +186,24 @@ def test_list_strategies(capsys):
     for name in ("none", "input_dropout_per_step", "noise_shape", "spatial", "output_dropout", "keras_input",
                  "recurrent", "keras_both", "keras_both_shared", "weight_dropout", "zoneout", "semeniuta"):
         assert f"\n{name}" in "\n" + printed
+
+
+def test_language_model_mode(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    words = ["the ", "cat ", "sat ", "on ", "a ", "mat. "]
+    (tmp_path / "t.txt").write_text("".join(rng.choice(words, size=700)))
+    out = tmp_path / "res"
+    code = main(["compare", "--quick", "--text", str(tmp_path / "t.txt"), "--seq-len", "16", "--epochs", "1",
+                 "--hidden", "8", "--seeds", "2", "--mc-samples", "2", "--strategies", "none,output_dropout,recurrent",
+                 "--no-progress", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "character language model" in printed and "bits/char" in printed and "perplexity" in printed
+    assert "test bits/char" in printed.split("Recommendation:")[1]
+    result = json.loads((out / "results.json").read_text())
+    for r in result["runs"]:
+        for key in ("test", "test_mc"):
+            m = r[key]
+            assert m["bits_per_char"] == pytest.approx(m["nll"] / np.log(2))
+            assert m["perplexity"] == pytest.approx(np.exp(m["nll"]))
+    assert (out / "masks.png").exists()

@@ -213,3 +213,35 @@ def test_fashion_mnist_errors(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03")
     with pytest.raises(DataError, match="bad magic"):
         data.load_fashion_mnist(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- text
+def test_load_text_contiguous_parts_and_unknown_symbol(tmp_path):
+    text = "abcab" * 40 + "xyz" * 10  # 'x', 'y', 'z' occur only in the test part
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    task = data.load_text(path, seq_len=8, val_fraction=0.1, test_fraction=0.13)
+    assert task.kind == "language_model" and task.class_names == ("a", "b", "c", data.UNKNOWN)
+    assert task.train.x.shape[1] == 8 and task.train.x.dtype == np.int64
+    # targets are the inputs shifted by one character
+    assert np.array_equal(task.train.y[:, :-1], task.train.x[:, 1:])
+    assert np.array_equal(task.train.y[:-1, -1], task.train.x[1:, 0])
+    decoded = "".join(task.class_names[i] for i in task.train.x[0])
+    assert decoded == text[:8]
+    assert (task.test.x == 3).any()  # unseen characters map to the unknown symbol
+    assert task.channels == task.num_classes == 4
+
+
+def test_load_text_errors(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("abc" * 20)
+    with pytest.raises(DataError, match="fewer than two chunks"):
+        data.load_text(short, seq_len=16)
+    one = tmp_path / "one.txt"
+    one.write_text("a" * 2000)
+    with pytest.raises(DataError, match="single distinct character"):
+        data.load_text(one, seq_len=16)
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\xff\xfe\x00" * 100)
+    with pytest.raises(DataError, match="UTF-8"):
+        data.load_text(binary)

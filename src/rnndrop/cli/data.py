@@ -46,9 +46,11 @@ class SequenceData:
     """Right-padded variable-length sequences.
 
     Attributes:
-        x: ``(N, T, C)`` float32, zeros past each sequence's length.
+        x: ``(N, T, C)`` float32, zeros past each sequence's length (a language model: ``(N, T)``
+            int64 token ids).
         lengths: ``(N,)`` int64 in ``[1, T]``.
-        y: ``(N,)`` int64 class indices in ``[0, num_classes)``.
+        y: ``(N,)`` int64 class indices in ``[0, num_classes)`` (a language model: ``(N, T)``, the next
+            token at every step).
     """
 
     x: np.ndarray
@@ -75,6 +77,8 @@ class Task:
     class_names: tuple[str, ...]
     source: str
     test_from_split: bool = False  # True when the test set was split off the training data
+    kind: str = "classification"  # or "language_model": x (N, T) token ids, y (N, T) next tokens
+    val: SequenceData | None = None  # a fixed validation set; None: split one off train per seed
 
     @property
     def num_classes(self) -> int:
@@ -82,9 +86,18 @@ class Task:
 
     @property
     def channels(self) -> int:
-        return int(self.train.x.shape[2])
+        """Input features per step; for a language model the vocabulary size (one-hot width)."""
+        return self.num_classes if self.kind == "language_model" else int(self.train.x.shape[2])
 
     def describe(self) -> str:
+        if self.kind == "language_model":
+            assert self.val is not None
+            t = self.train.x.shape[1]
+            return (
+                f"{self.name}: character language model, {len(self.class_names)} symbols, "
+                f"{len(self.train) * t} / {len(self.val) * t} / {len(self.test) * t} characters "
+                f"(train / validation / test) in chunks of {t}"
+            )
         lo = int(min(self.train.lengths.min(), self.test.lengths.min()))
         hi = int(max(self.train.lengths.max(), self.test.lengths.max()))
         split = " (test split off the given data)" if self.test_from_split else ""
@@ -519,3 +532,55 @@ def load_user_data(path: str | Path, **csv_options: str) -> Task:
     if suffix == ".csv":
         return load_csv(path, **csv_options)  # type: ignore[arg-type]
     raise DataError(f"--data {path}: expected a .npz or .csv file, got {suffix or 'no suffix'!r}")
+
+
+# ---------------------------------------------------------------------------------------------- text
+UNKNOWN = "\ufffd"  # stands for characters that never occur in the training part
+
+
+def load_text(
+    path: str | Path, seq_len: int = 64, val_fraction: float = 0.1, test_fraction: float = 0.1,
+    max_chars: int | None = None,
+) -> Task:
+    """A character-level language-modelling task from a UTF-8 text file.
+
+    The text (its first ``max_chars`` characters if given) is cut into contiguous train / validation /
+    test parts (the last ``test_fraction`` is the test part, the ``val_fraction`` before it validation),
+    each into non-overlapping chunks of ``seq_len`` characters: ``x`` ``(N, seq_len)`` the character ids,
+    ``y`` ``(N, seq_len)`` the next character at every position. The vocabulary is the training part's
+    characters (sorted) plus one symbol for characters unseen in training.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--text {path}: cannot read as UTF-8 text ({exc})") from None
+    if max_chars is not None:
+        text = text[:max_chars]
+    n = len(text)
+    n_test, n_val = int(n * test_fraction), int(n * val_fraction)
+    parts = {"train": text[: n - n_test - n_val], "val": text[n - n_test - n_val : n - n_test],
+             "test": text[n - n_test :]}
+    for name, part in parts.items():
+        if len(part) < 2 * seq_len + 1:
+            raise DataError(
+                f"--text {path}: {n} characters leave the {name} part {len(part)} characters, fewer than two "
+                f"chunks of {seq_len} (+1); give a longer text or a smaller --seq-len"
+            )
+    vocab = sorted(set(parts["train"]))
+    if len(vocab) < 2:
+        raise DataError(f"--text {path}: the training part holds a single distinct character")
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = len(vocab)
+
+    def chunks(part: str) -> SequenceData:
+        ids = np.array([index.get(c, unknown) for c in part], dtype=np.int64)
+        count = (len(ids) - 1) // seq_len
+        x = ids[: count * seq_len].reshape(count, seq_len)
+        y = ids[1 : count * seq_len + 1].reshape(count, seq_len)
+        return SequenceData(x, np.full(count, seq_len, dtype=np.int64), y)
+
+    return Task(
+        path.name, chunks(parts["train"]), chunks(parts["test"]), (*vocab, UNKNOWN), str(path),
+        kind="language_model", val=chunks(parts["val"]),
+    )

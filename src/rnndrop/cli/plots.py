@@ -2,7 +2,8 @@
 
 * ``validation_curves.png`` — per strategy, validation NLL and accuracy per epoch, one line per seed,
   a dot at the selected (best validation loss) epoch.
-* ``accuracy.png`` — test accuracy per strategy, mean ± std over seeds, deterministic and MC dropout,
+* ``accuracy.png`` — test accuracy (language model: bits per character) per strategy, mean ± std over
+  seeds, deterministic and MC dropout,
   the no-dropout mean as a reference line.
 * ``masks.png`` — for each strategy, one sampled training-mode mask over (time × features): what it drops.
 """
@@ -62,20 +63,22 @@ def validation_curves(runs: Sequence[dict[str, Any]], order: Sequence[str], path
     _save(fig, path)
 
 
-def accuracy_bars(rows: Sequence[dict[str, Any]], path: Path) -> None:
+def accuracy_bars(
+    rows: Sequence[dict[str, Any]], path: Path, metric: str = "accuracy", label: str = "test accuracy"
+) -> None:
     names = [r["strategy"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(6.5, 0.38 * len(rows) + 1.2))
     for offset, prefix, label, color in ((-0.15, "", "deterministic", "C0"), (0.15, "mc_", "MC dropout", "C1")):
-        mean = np.array([r[f"{prefix}accuracy_mean"] for r in rows])
-        std = np.nan_to_num(np.array([r[f"{prefix}accuracy_std"] for r in rows]))
+        mean = np.array([r[f"{prefix}{metric}_mean"] for r in rows])
+        std = np.nan_to_num(np.array([r[f"{prefix}{metric}_std"] for r in rows]))
         ax.errorbar(mean, y + offset, xerr=std, fmt="o", color=color, label=label, capsize=3, ms=4)
     base = next((r for r in rows if r["strategy"] == "none"), None)
     if base is not None:
-        ax.axvline(base["accuracy_mean"], color="grey", lw=0.8, ls=":", label="none (mean)")
+        ax.axvline(base[f"{metric}_mean"], color="grey", lw=0.8, ls=":", label="none (mean)")
     ax.set_yticks(y, names)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy (mean ± std over seeds)")
+    ax.set_xlabel(f"{label} (mean ± std over seeds)")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -21,8 +21,6 @@ import numpy as np
 
 from .metrics import paired_interval
 
-METRICS = ("accuracy", "nll", "ece")
-
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -80,7 +78,7 @@ def summarize(runs: Sequence[dict[str, Any]], order: Sequence[str]) -> list[dict
             "mc_implementation": mine[0]["mc_implementation"],
         }
         for prefix, key in (("", "test"), ("mc_", "test_mc")):
-            for m in METRICS:
+            for m in mine[0][key]:
                 row[f"{prefix}{m}_mean"], row[f"{prefix}{m}_std"] = _mean_std([r[key][m] for r in mine])
         row["best_epoch_mean"], _ = _mean_std([r["best_epoch"] for r in mine])
         row["epochs_run_mean"], _ = _mean_std([r["epochs_run"] for r in mine])
@@ -117,40 +115,56 @@ def comparisons(
 
 
 def recommendation(
-    runs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], baseline: str = "none", confidence: float = 0.95
+    runs: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    baseline: str = "none",
+    confidence: float = 0.95,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    label: str = "test accuracy",
 ) -> str:
-    """One line drawn from the measured test accuracies, claiming a winner only when its interval says so."""
+    """One line drawn from the measured test ``metric``, claiming a winner only when its interval says so.
+
+    A strategy counts as better (worse) than ``baseline`` when its whole simultaneous paired interval
+    (:func:`comparisons`) lies on the better (worse) side of 0.
+    """
     if not any(r["strategy"] == baseline for r in rows):
         return f"No recommendation: the baseline {baseline!r} was not run."
     others = [r for r in rows if r["strategy"] != baseline]
     if not others:
         return "No recommendation: only the baseline was run."
-    comps = {c["strategy"]: c for c in comparisons(runs, baseline, confidence=confidence)}
+    sign = 1.0 if higher_is_better else -1.0
+    comps = {c["strategy"]: c for c in comparisons(runs, baseline, metric=metric, confidence=confidence)}
     n = min(c["pairs"] for c in comps.values())
     level = f"{confidence:.0%} simultaneous paired t-intervals over {n} seeds"
-    best = max(others, key=lambda r: r["accuracy_mean"])
+    best = max(others, key=lambda r: sign * r[f"{metric}_mean"])
     c = comps[best["strategy"]]
     if "low" not in c:
         return (
             f"No winner claimed: with {n} seed(s) there is no spread to judge differences by "
-            f"(highest mean accuracy: {best['strategy']} {best['accuracy_mean']:.3f} vs {baseline} "
-            f"{_row(rows, baseline)['accuracy_mean']:.3f}); run --seeds 3 or more."
+            f"(best mean {label}: {best['strategy']} {best[f'{metric}_mean']:.3f} vs {baseline} "
+            f"{_row(rows, baseline)[f'{metric}_mean']:.3f}); run --seeds 3 or more."
         )
-    better = [comps[r["strategy"]] for r in others if comps[r["strategy"]].get("low", -1.0) > 0]
-    worse = [comps[r["strategy"]] for r in others if comps[r["strategy"]].get("high", 1.0) < 0]
+
+    def span(c: dict[str, Any]) -> str:
+        return f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+
+    better = [comps[r["strategy"]] for r in others if "low" in comps[r["strategy"]]
+              and min(sign * comps[r["strategy"]]["low"], sign * comps[r["strategy"]]["high"]) > 0]
+    worse = [comps[r["strategy"]] for r in others if "low" in comps[r["strategy"]]
+             and max(sign * comps[r["strategy"]]["low"], sign * comps[r["strategy"]]["high"]) < 0]
     if better:
-        top = max(better, key=lambda c: c["difference"])
+        top = max(better, key=lambda c: sign * c["difference"])
+        also = [c["strategy"] for c in better if c is not top]
         return (
-            f"Use {top['strategy']}: test accuracy {top['difference']:+.3f} over no dropout "
-            f"(interval [{top['low']:+.3f}, {top['high']:+.3f}], {level})"
-            + (f"; also better: {', '.join(c['strategy'] for c in better if c is not top)}" if len(better) > 1 else "")
-            + "."
+            f"Use {top['strategy']}: {label} {top['difference']:+.3f} against no dropout "
+            f"(interval {span(top)}, {level})" + (f"; also better: {', '.join(also)}" if also else "") + "."
         )
     tail = f"; measurably worse: {', '.join(c['strategy'] for c in worse)}" if worse else ""
     return (
         f"No strategy is measurably better than no dropout on this data: the best, {best['strategy']}, "
-        f"differs by {c['difference']:+.3f} (interval [{c['low']:+.3f}, {c['high']:+.3f}] includes 0; "
-        f"{level}){tail}. More seeds (--seeds) narrow the intervals."
+        f"differs in {label} by {c['difference']:+.3f} (interval {span(c)} includes 0; {level}){tail}. "
+        "More seeds (--seeds) narrow the intervals."
     )
 
 
@@ -165,30 +179,34 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
-    return [
-        r["strategy"],
-        _pm(r["accuracy_mean"], r["accuracy_std"]),
-        _pm(r["mc_accuracy_mean"], r["mc_accuracy_std"]),
-        _pm(r["nll_mean"], r["nll_std"]),
-        _pm(r["mc_nll_mean"], r["mc_nll_std"]),
-        _pm(r["ece_mean"], r["ece_std"]),
-        _pm(r["mc_ece_mean"], r["mc_ece_std"]),
-        f"{r['best_epoch_mean']:.0f}/{r['epochs_run_mean']:.0f}",
-        f"{r['seconds_mean']:.1f}",
-    ]
+    tail = [f"{r['best_epoch_mean']:.0f}/{r['epochs_run_mean']:.0f}", f"{r['seconds_mean']:.1f}"]
+    if "bits_per_char_mean" in r:
+        keys = ("bits_per_char", "mc_bits_per_char", "perplexity", "mc_perplexity", "accuracy", "ece", "mc_ece")
+    else:
+        keys = ("accuracy", "mc_accuracy", "nll", "mc_nll", "ece", "mc_ece")
+    return [r["strategy"], *(_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k in keys), *tail]
 
 
 TABLE_COLUMNS = (
     "strategy", "test acc", "MC acc", "NLL", "MC NLL", "ECE", "MC ECE", "epochs", "seconds",
 )
+LM_COLUMNS = (
+    "strategy", "bits/char", "MC bits/char", "perplexity", "MC perplexity", "next-char acc", "ECE", "MC ECE",
+    "epochs", "seconds",
+)
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    return LM_COLUMNS if rows and "bits_per_char_mean" in rows[0] else TABLE_COLUMNS
 
 
 def table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> str:
     """The final table as aligned text: mean ± std over seeds; epochs = best / run (means)."""
-    body = [list(TABLE_COLUMNS)]
+    columns = _columns(rows)
+    body = [list(columns)]
     for r in rows:
         body.append(_cells(r))
-    widths = [max(len(line[i]) for line in body) for i in range(len(TABLE_COLUMNS))]
+    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
     lines = []
     for k, line in enumerate(body):
         cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
@@ -202,29 +220,30 @@ def table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]]
 
 def markdown_table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> str:
     """The same table in Markdown (for docs)."""
-    out = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    columns = _columns(rows)
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         c = _cells(r)
         out.append("| " + " | ".join([f"`{c[0]}`", *c[1:]]) + " |")
     for name, reason in unavailable:
-        out.append(f"| `{name}` | unavailable: {reason} |" + " |" * (len(TABLE_COLUMNS) - 2))
+        out.append(f"| `{name}` | unavailable: {reason} |" + " |" * (len(columns) - 2))
     return "\n".join(out)
-
-
-CSV_FIELDS = (
-    "strategy", "rate", "n_seeds",
-    *(f"{p}{m}_{s}" for p in ("", "mc_") for m in METRICS for s in ("mean", "std")),
-    "best_epoch_mean", "epochs_run_mean", "seconds_mean", "implementation", "mc_implementation",
-)
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> None:
     """``results.csv``: one line per strategy (summary), unavailable ones with empty metrics and the reason."""
+    metrics = [k[: -len("_mean")] for k in (rows[0] if rows else {}) if k.endswith("_mean") and "mc_" not in k
+               and k[: -len("_mean")] not in ("best_epoch", "epochs_run", "seconds")]
+    fields = [
+        "strategy", "rate", "n_seeds",
+        *(f"{p}{m}_{s}" for p in ("", "mc_") for m in metrics for s in ("mean", "std")),
+        "best_epoch_mean", "epochs_run_mean", "seconds_mean", "implementation", "mc_implementation",
+    ]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*CSV_FIELDS, "unavailable"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*fields, "unavailable"], lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        line = {k: r.get(k, "") for k in CSV_FIELDS}
+        line = {k: r.get(k, "") for k in fields}
         line["n_seeds"] = len(r["seeds"])
         for k, v in line.items():
             if isinstance(v, float):

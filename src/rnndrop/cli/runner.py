@@ -13,12 +13,17 @@ Protocol of a run (the same for every strategy):
 4. The test set is used once, with the selected weights: deterministic (eval mode) and Monte-Carlo
    dropout (mean of ``mc_samples`` predictive distributions with only the dropout parts in training
    mode), each with accuracy, NLL and ECE.
+
+Language-model mode (a :class:`~rnndrop.cli.data.Task` of kind ``"language_model"``): the task brings
+its own contiguous validation part (no split, no standardization), every position of every chunk is a
+prediction, and bits per character (NLL / ln 2) and perplexity (exp NLL) are added to the metrics.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,7 +36,9 @@ import rnndrop
 
 from .data import SequenceData, Task, channel_stats, standardize, stratified_split
 from .metrics import accuracy, ece, nll
-from .strategies import LocalChannelDropout, SequenceClassifier, Strategy, build_model
+from .strategies import CharLanguageModel, LocalChannelDropout, SequenceClassifier, Strategy, build_model
+
+Model = SequenceClassifier | CharLanguageModel
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,19 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def predict_proba(model: SequenceClassifier, data: SequenceData, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities ``(N, K)`` in the model's current mode, batched (no gradients)."""
+def predict_proba(model: Model, data: SequenceData, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities ``(N, K)`` in the model's current mode, batched (no gradients).
+
+    For a language model the rows are every position of every chunk, ``(N * T, V)``, in the order of
+    ``data.y.reshape(-1)``.
+    """
     x, lengths, _ = _tensors(data)
     out = []
     with torch.no_grad():
         for s in _batches(len(data), batch_size):
             t = int(lengths[s].max())
-            out.append(F.softmax(model(x[s, :t], lengths[s]), dim=-1))
+            logits = model(x[s, :t], lengths[s])
+            out.append(F.softmax(logits, dim=-1).reshape(-1, logits.shape[-1]))
     return torch.cat(out).double().numpy()
 
 
@@ -83,7 +95,7 @@ def mc_implementation() -> str:
 
 
 def mc_proba(
-    model: SequenceClassifier, data: SequenceData, samples: int, seed: int = 0, batch_size: int = 512
+    model: Model, data: SequenceData, samples: int, seed: int = 0, batch_size: int = 512
 ) -> np.ndarray:
     """Monte-Carlo dropout: the mean of ``samples`` predictive distributions ``(N, K)``.
 
@@ -103,15 +115,15 @@ def mc_proba(
     try:
         for part in parts:
             part.train()
-        total = np.zeros((len(data), model.head.out_features))
-        for _ in range(samples):
+        total = predict_proba(model, data, batch_size)
+        for _ in range(samples - 1):
             total += predict_proba(model, data, batch_size)
         return total / samples
     finally:
         model.train(was_training)
 
 
-def _mc_rnndrop(model: SequenceClassifier, data: SequenceData, samples: int, seed: int, batch_size: int) -> np.ndarray:
+def _mc_rnndrop(model: Model, data: SequenceData, samples: int, seed: int, batch_size: int) -> np.ndarray:
     x, lengths, _ = _tensors(data)
     out = []
     for s in _batches(len(data), batch_size):
@@ -121,11 +133,12 @@ def _mc_rnndrop(model: SequenceClassifier, data: SequenceData, samples: int, see
             model, (x[s, :t], lengths[s]), samples=samples, seed=seed,
             include=lambda m: isinstance(m, LocalChannelDropout),
         )
-        out.append(result.mean)
+        out.append(result.mean.reshape(-1, result.mean.shape[-1]))
     return torch.cat(out).double().numpy()
 
 
 def _metrics(probs: np.ndarray, y: np.ndarray, bins: int) -> dict[str, float]:
+    y = y.reshape(-1)  # a language model's targets are (N, T)
     return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y, bins)}
 
 
@@ -142,15 +155,19 @@ def train_run(
     Returns a JSON-ready record: metrics (deterministic and MC), per-epoch history, timing.
     ``on_epoch(epoch, stats)`` is called after each epoch (progress display).
     """
-    kept, held = stratified_split(task.train.y, cfg.val_fraction, seed)
-    train, val, test = task.train.subset(kept), task.train.subset(held), task.test
-    if cfg.standardize:
+    lm = task.kind == "language_model"
+    if task.val is not None:
+        train, val, test = task.train, task.val, task.test
+    else:
+        kept, held = stratified_split(task.train.y, cfg.val_fraction, seed)
+        train, val, test = task.train.subset(kept), task.train.subset(held), task.test
+    if cfg.standardize and not lm:
         mean, std = channel_stats(train)
         train, val, test = (standardize(d, mean, std) for d in (train, val, test))
 
     torch.manual_seed(seed)
     model, implementation = build_model(
-        strategy, rate, cfg.cell, task.channels, cfg.hidden_size, task.num_classes
+        strategy, rate, cfg.cell, task.channels, cfg.hidden_size, task.num_classes, language_model=lm
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(seed)
@@ -167,7 +184,8 @@ def train_run(
         for s in _batches(len(train), cfg.batch_size):
             idx = order[s]
             t = int(lengths[idx].max())
-            loss = F.cross_entropy(model(x[idx, :t], lengths[idx]), y[idx])
+            logits = model(x[idx, :t], lengths[idx])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -175,8 +193,12 @@ def train_run(
             losses.append(loss.item() * len(idx))
         model.eval()
         probs = predict_proba(model, val)
-        val_loss = nll(probs, val.y)
-        stats = {"train_loss": sum(losses) / len(train), "val_loss": val_loss, "val_accuracy": accuracy(probs, val.y)}
+        val_loss = nll(probs, val.y.reshape(-1))
+        stats = {
+            "train_loss": sum(losses) / len(train),
+            "val_loss": val_loss,
+            "val_accuracy": accuracy(probs, val.y.reshape(-1)),
+        }
         for k, v in stats.items():
             history[k].append(v)
         epochs_run = epoch
@@ -195,6 +217,10 @@ def train_run(
     # MC draws: reproducible, and a stream apart from training's
     mc = _metrics(mc_proba(model, test, cfg.mc_samples, seed=seed + 1_000_003), test.y, cfg.ece_bins)
     eval_seconds = time.perf_counter() - start
+    if lm:
+        for m in (det, mc):
+            m["bits_per_char"] = m["nll"] / math.log(2)
+            m["perplexity"] = math.exp(m["nll"])
     return {
         "strategy": strategy.name,
         "seed": seed,

@@ -6,6 +6,9 @@ with the strategy's in-layer dropout options) → ``post`` (a dropout on the fin
 a linear head on the state at each sequence's last real step. Only the dropout differs between
 strategies; with the same seed every strategy starts from the same weights and sees the same batches.
 
+The language-model mode uses :class:`CharLanguageModel` instead: a character embedding → ``pre`` →
+the recurrent layer → ``post`` on every step's output → a linear head at every step.
+
 Each strategy is a named preset with one rate ``p`` (``--rate``, or ``--rates NAME=P``). A strategy
 whose feature is not in the installed rnndrop is reported as unavailable, never imitated — except the
 two input-sequence dropouts ``noise_shape`` and ``spatial``, which fall back to a local, clearly
@@ -74,6 +77,48 @@ class SequenceClassifier(nn.Module):
         if not self.rnn.mask_spec.is_empty():
             parts.append(self.rnn)
         return parts
+
+
+class CharLanguageModel(nn.Module):
+    """Embedding → ``pre`` → one recurrent layer → ``post`` → linear head at every step.
+
+    Args:
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        vocab_size: number of symbols (input ids and output classes).
+        hidden_size: units of the recurrent layer.
+        embed_size: width of the character embedding the recurrent layer reads.
+        pre: module applied to the embedded sequence ``(batch, time, embed_size)``.
+        post: module applied to the output sequence ``(batch, time, hidden)``.
+        rnn_kwargs: extra keyword arguments of the recurrent layer.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        vocab_size: int,
+        hidden_size: int,
+        embed_size: int = 32,
+        *,
+        pre: nn.Module | None = None,
+        post: nn.Module | None = None,
+        rnn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.pre = pre if pre is not None else nn.Identity()
+        layer = {"lstm": rnndrop.LSTM, "gru": rnndrop.GRU, "rnn": rnndrop.RNN}[cell]
+        self.rnn = layer(embed_size, hidden_size, batch_first=True, **(rnn_kwargs or {}))
+        self.post = post if post is not None else nn.Identity()
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(batch, time)`` ids → next-symbol logits ``(batch, time, vocab)``."""
+        out, _ = self.rnn(self.pre(self.embed(x)), lengths=lengths)
+        return self.head(self.post(out))
+
+    stochastic_parts = SequenceClassifier.stochastic_parts
 
 
 class LocalChannelDropout(nn.Module):
@@ -216,7 +261,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     ),
     Strategy(
         "output_dropout",
-        "the RNN's final state before the head, a (B, H) mask",
+        "the RNN's output before the head: the final state, a (B, H) mask (language model: every step, (B, T, H))",
         "Zaremba et al. 2014 (non-recurrent connections)",
         _output,
     ),
@@ -273,13 +318,24 @@ BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 
 
 def build_model(
-    strategy: Strategy, p: float, cell: str, input_size: int, hidden_size: int, num_classes: int
-) -> tuple[SequenceClassifier, str]:
-    """The base model with ``strategy`` at rate ``p``, and a description of the implementation used."""
+    strategy: Strategy, p: float, cell: str, input_size: int, hidden_size: int, num_classes: int,
+    *, language_model: bool = False, embed_size: int = 32,
+) -> tuple[SequenceClassifier | CharLanguageModel, str]:
+    """The base model with ``strategy`` at rate ``p``, and a description of the implementation used.
+
+    ``language_model=True`` builds a :class:`CharLanguageModel` over ``num_classes`` symbols
+    (``input_size`` is then ignored).
+    """
     parts = strategy.build(p, cell)
-    model = SequenceClassifier(
-        cell, input_size, hidden_size, num_classes, pre=parts.pre, post=parts.post, rnn_kwargs=parts.rnn_kwargs
-    )
+    model: SequenceClassifier | CharLanguageModel
+    if language_model:
+        model = CharLanguageModel(
+            cell, num_classes, hidden_size, embed_size, pre=parts.pre, post=parts.post, rnn_kwargs=parts.rnn_kwargs
+        )
+    else:
+        model = SequenceClassifier(
+            cell, input_size, hidden_size, num_classes, pre=parts.pre, post=parts.post, rnn_kwargs=parts.rnn_kwargs
+        )
     return model, parts.implementation
 
 
@@ -305,7 +361,9 @@ def _gates_side_by_side(mask: torch.Tensor, steps: int) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def mask_panels(model: SequenceClassifier, steps: int, seed: int = 0, max_units: int = 16) -> list[MaskPanel]:
+def mask_panels(
+    model: SequenceClassifier | CharLanguageModel, steps: int, seed: int = 0, max_units: int = 16
+) -> list[MaskPanel]:
     """Sample one training-mode mask of every dropout in ``model`` for one sequence of ``steps`` steps.
 
     Pre/post modules are applied to tensors of ones (so the output *is* the mask); the recurrent
@@ -351,11 +409,15 @@ def mask_panels(model: SequenceClassifier, steps: int, seed: int = 0, max_units:
                                             f"hidden unit (first {h})"))
             if not isinstance(model.post, nn.Identity):
                 hs = model.rnn.hidden_size
-                m = (model.post(torch.ones(1, hs))[0, :h] > 0).float().numpy()
-                grid = np.full((steps, h), np.nan)
-                grid[-1] = m
-                panels.append(MaskPanel("final state before the head (last step only)", grid,
-                                        f"hidden unit (first {h})"))
+                if isinstance(model, CharLanguageModel):  # dropout on every step's output
+                    m = (model.post(torch.ones(1, steps, hs))[0, :, :h] > 0).float().numpy()
+                    panels.append(MaskPanel("RNN outputs before the head", m, f"hidden unit (first {h})"))
+                else:
+                    m = (model.post(torch.ones(1, hs))[0, :h] > 0).float().numpy()
+                    grid = np.full((steps, h), np.nan)
+                    grid[-1] = m
+                    panels.append(MaskPanel("final state before the head (last step only)", grid,
+                                            f"hidden unit (first {h})"))
     finally:
         model.train(was_training)
     return panels
