@@ -44,7 +44,8 @@ def test_end_to_end_files_table_json_and_resume(tmp_path, capsys, monkeypatch):
     result = json.loads((out / "results.json").read_text())
     assert [r["strategy"] for r in result["summary"]] == names
     assert result["protocol"]["seeds"] == [0, 1] and result["protocol"]["epochs"] == 2
-    assert {c["strategy"] for c in result["comparisons_vs_none"]} == set(names[1:])
+    assert {c["strategy"] for c in result["comparisons_vs_none"]["results"]} == set(names[1:])
+    assert result["comparisons_vs_none"]["metric"] == "accuracy"
     assert isinstance(result["recommendation"], str) and result["recommendation"]
     assert len(result["runs"]) == 8
     for r in result["runs"]:

@@ -393,10 +393,10 @@ def _run(args: argparse.Namespace) -> int:
     runs = [done[(seed, s.name)] for seed, s in jobs]
     order = [s.name for s in available]
     rows = report.summarize(runs, order)
-    comps = report.comparisons(runs)
+    metric = "bits_per_char" if lm else "accuracy"
+    comps = report.comparisons(runs, metric=metric)
     if lm:
-        advice = report.recommendation(runs, rows, metric="bits_per_char", higher_is_better=False,
-                                       label="test bits/char")
+        advice = report.recommendation(runs, rows, metric=metric, higher_is_better=False, label="test bits/char")
     else:
         advice = report.recommendation(runs, rows)
     files = ["results.json", "results.csv"]
@@ -424,14 +424,17 @@ def _run(args: argparse.Namespace) -> int:
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    # other processes compete for the cores when this exceeds cpu_count: times inflate
+                    "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "dataset": {"name": task.name, "description": task.describe(), "source": task.source,
                     "classes": list(task.class_names), "train": len(task.train), "test": len(task.test)},
         "protocol": {**cfg.to_dict(), "seeds": seeds, "rates": rates, "selection": "lowest validation NLL",
                      "mc_implementation": mc_implementation()},
         "strategies": strategy_info,
         "summary": rows,
-        "comparisons_vs_none": comps,
+        "comparisons_vs_none": {"metric": metric, "baseline": "none", "confidence": 0.95,
+                                "correction": "Bonferroni", "paired_by": "seed", "results": comps},
         "recommendation": advice,
         "seconds_this_invocation": elapsed,
         "runs": runs,
