@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ._kernels import BACKENDS, select_direction_fn
 from .activations import resolve_activation
 from .cells import NUM_GATES
 from .errors import RnnDropTypeError, RnnDropValueError
@@ -63,6 +64,11 @@ _DOC_DROPOUT_ARGS = """
             repeating the previous output (Keras's option of the same name). Default False.
         generator: a ``torch.Generator`` the masks are drawn from (default: torch's global RNG).
             ``forward(generator=...)`` overrides it for one call.
+        backend: ``"auto"`` (default) runs the compiled CPU kernel when it supports the call (CPU,
+            float32/64, no projection, tanh/sigmoid/relu/linear activations, no zoneout or candidate
+            dropout), else the reference loop; ``"fused"`` insists on the kernel and raises
+            ``KernelUnavailableError`` with the reason; ``"reference"`` always runs the pure-torch loop.
+            ``layer.last_backend`` / ``last_backend_reason`` tell what the last call ran and why.
 
     Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
     In eval mode the layer is deterministic and equals the same layer without dropout.
@@ -88,6 +94,8 @@ _DOC_FORWARD = """
             (batch first if ``batch_first``; packed if the input was packed), final states are
             ``(D * num_layers, N, ·)``.
 """
+
+Backend = Literal["auto", "fused", "reference"]
 
 
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
@@ -131,6 +139,7 @@ class RecurrentBase(nn.Module):
         locked_dropout: bool = False,
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
         self.mode = mode
@@ -177,6 +186,13 @@ class RecurrentBase(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise RnnDropTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
+        if backend not in BACKENDS:
+            raise RnnDropValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend: Backend = backend
+        # Which implementation the last forward call ran ("fused" or "reference") and, when it
+        # was not the fused kernel, why not; for tests and users checking the fast path.
+        self.last_backend: str | None = None
+        self.last_backend_reason: str | None = None
 
         factory = {"device": device, "dtype": dtype}
         if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
@@ -300,6 +316,7 @@ class RecurrentBase(nn.Module):
             "mask_scope": (self.mask_scope, "sample"),
             "locked_dropout": (self.locked_dropout, False),
             "zero_output_for_mask": (self.zero_output_for_mask, False),
+            "backend": (self.backend, "auto"),
         }
         if self.mode == "RNN":
             extras["nonlinearity"] = (self.activation, "tanh")
@@ -415,8 +432,12 @@ class RecurrentBase(nn.Module):
         else:
             masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 
+        params = self._direction_params()
+        direction_fn, self.last_backend, self.last_backend_reason = select_direction_fn(
+            self.backend, self.cell_config, x, states, params, masks, steps
+        )
         output, finals = run_stack(
-            self.cell_config, x, states, self._direction_params(), masks, steps, zero_masked
+            self.cell_config, x, states, params, masks, steps, zero_masked, direction_fn=direction_fn
         )
         if packed:
             sorted_idx = input.sorted_indices
@@ -528,6 +549,7 @@ class LSTM(RecurrentBase):
         recurrent_activation: str | None = "sigmoid",
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -535,7 +557,7 @@ class LSTM(RecurrentBase):
             input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
             weight_dropout=weight_dropout, candidate_dropout=candidate_dropout, zoneout_hidden=zoneout_hidden,
             zoneout_cell=zoneout_cell, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
         )
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
@@ -589,6 +611,7 @@ class GRU(RecurrentBase):
         recurrent_activation: str | None = "sigmoid",
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -596,7 +619,7 @@ class GRU(RecurrentBase):
             reset_after=reset_after, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
             gate_masks=gate_masks, weight_dropout=weight_dropout, candidate_dropout=candidate_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
         )
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
@@ -642,6 +665,7 @@ class RNN(RecurrentBase):
         locked_dropout: bool = False,
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__(
             "RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -649,7 +673,7 @@ class RNN(RecurrentBase):
             recurrent_activation=None, input_dropout=input_dropout,
             recurrent_dropout=recurrent_dropout, gate_masks=gate_masks, weight_dropout=weight_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
         )
 
     @property

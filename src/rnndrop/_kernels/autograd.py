@@ -1,0 +1,144 @@
+"""The fused direction as a ``torch.autograd.Function``, pluggable into ``reference.run_stack``.
+
+:func:`fused_run_direction` has the signature of :func:`rnndrop.reference.run_direction`.
+The input projection of all timesteps (with the input mask, shared or per gate) is one matmul
+done here with ordinary torch ops (:func:`rnndrop.cells.input_projection`, the very function the
+reference uses), so autograd derives ``dx``, ``dW_ih`` and ``db_ih`` from one matmul each after
+the loop. The recurrence — per step only the recurrent matmul and fused element-wise work —
+runs in the compiled extension, forward and a hand-derived backward; it saves only the
+activated gates (and the LSTM cell states, the GRU's ``W_hn h + b_hn``), never a per-step graph.
+
+Masks are constants here (they carry no gradient); the predicate in :mod:`.registry` sends
+masks that require grad to the reference. The backward is not itself differentiable: double
+backward (``create_graph=True``) raises instead of returning a wrong result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..cells import input_projection
+from ..masks import DirectionMasks
+from ..reference import CellConfig, DirectionParams, State
+from . import loader
+
+MODES = {"LSTM": 0, "GRU": 1, "RNN": 2}
+# Activations the kernel implements (code = the C++ enum). Their derivatives are computed from
+# the activation's output, as torch's own backward functions do.
+ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3}
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Everything the kernel needs besides tensors (hashable)."""
+
+    mode: int
+    act: int
+    ract: int
+    reset_after: bool
+    reverse: bool
+    zero_fill: bool
+
+
+class FusedDirection(torch.autograd.Function):
+    """One direction's recurrence: ``(gi, h0, c0, w_hh, b_hh) -> (out, h_T[, c_T])``.
+
+    Shapes: ``gi`` ``(T, B, G*H)`` = input projection incl. ``b_ih``; ``h0``, ``c0`` ``(B, H)``;
+    ``w_hh`` ``(G*H, H)``; ``b_hh`` ``(G*H,)`` or None; ``rmask`` ``(G_m, B, H)`` or None;
+    ``steps`` ``(T, B)`` bool or None; ``out`` ``(T, B, H)`` time order even when reverse.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        gi: torch.Tensor,
+        h0: torch.Tensor,
+        c0: torch.Tensor | None,
+        w_hh: torch.Tensor,
+        b_hh: torch.Tensor | None,
+        rmask: torch.Tensor | None,
+        steps: torch.Tensor | None,
+        opts: KernelOptions,
+        save: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        ext = loader.load()
+        assert ext is not None, "FusedDirection called without the extension (the registry must prevent this)"
+        out, h_t, c_t, s_buf, c_buf, ga, ghn = ext.forward(
+            opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
+            gi, h0, c0, w_hh, b_hh, rmask, steps,
+        )
+        ctx.opts = opts
+        ctx.has_bias = b_hh is not None
+        if save:
+            ctx.save_for_backward(h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn)
+        ctx.saved = save
+        return (out, h_t) if c_t is None else (out, h_t, c_t)
+
+    @staticmethod
+    def backward(ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor, dc_t: torch.Tensor | None = None):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            # create_graph=True: the hand-written backward is not differentiable. once_differentiable
+            # alone would not catch this when the cotangents are constants (the second derivative
+            # would silently miss the path through the saved activations), so refuse outright.
+            raise RuntimeError(
+                "rnndrop's fused kernel does not support double backward (create_graph=True); "
+                "construct the layer with backend='reference' for higher-order gradients"
+            )
+        return FusedDirection._backward(ctx, dout, dh_t, dc_t)
+
+    @staticmethod
+    @once_differentiable
+    def _backward(ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor, dc_t: torch.Tensor | None):
+        if not ctx.saved:
+            raise RuntimeError("rnndrop fused kernel: backward through a forward run without saved activations")
+        opts: KernelOptions = ctx.opts
+        ext = loader.load()
+        h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn = ctx.saved_tensors
+        dgi, dh0, dc0, dw, db = ext.backward(
+            opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
+            h0, c0, w_hh, ctx.has_bias, rmask, steps, out, s_buf, c_buf, ga, ghn,
+            dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),
+        )
+        return dgi, dh0, dc0, dw, db, None, None, None, None
+
+
+def fused_run_direction(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    state: State,
+    params: DirectionParams,
+    masks: DirectionMasks,
+    step_mask: torch.Tensor | None,
+    reverse: bool,
+    zero_masked_output: bool,
+) -> tuple[torch.Tensor, State]:
+    """Drop-in for :func:`rnndrop.reference.run_direction` on the compiled kernel (same contract).
+
+    Only call it for configurations :func:`rnndrop._kernels.registry.ineligible_reason` accepts.
+    """
+    gi = input_projection(x, params.w_ih, params.b_ih, masks.input).contiguous()
+    batch = x.shape[1]
+    rmask = masks.recurrent
+    if rmask is not None:
+        rmask = rmask.expand(rmask.shape[0], batch, rmask.shape[2]).contiguous()
+    steps = None if step_mask is None else step_mask.contiguous()
+    h0 = state[0].contiguous()
+    c0 = state[1].contiguous() if cfg.mode == "LSTM" else None
+    w_hh = params.w_hh.contiguous()
+    b_hh = None if params.b_hh is None else params.b_hh.contiguous()
+    opts = KernelOptions(
+        mode=MODES[cfg.mode],
+        act=ACTIVATION_CODES[cfg.activation],
+        ract=ACTIVATION_CODES.get(cfg.recurrent_activation, 3) if cfg.mode != "RNN" else 3,
+        reset_after=bool(cfg.reset_after),
+        reverse=bool(reverse),
+        zero_fill=bool(zero_masked_output),
+    )
+    tensors = (gi, h0, c0, w_hh, b_hh)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, rmask, steps, opts, save)
+    return outs[0], tuple(outs[1:])

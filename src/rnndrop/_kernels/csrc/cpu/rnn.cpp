@@ -1,0 +1,729 @@
+// Fused CPU kernels for rnndrop: one direction of an LSTM / GRU / simple RNN layer with
+// time-locked recurrent dropout masks and Keras step masks, forward and hand-derived backward.
+//
+// The maths is rnndrop.cells / rnndrop.reference.run_direction (the definition this file must
+// match); the Python side (rnndrop/_kernels/autograd.py) does the input projection of all
+// timesteps as one matmul before calling in here and lets autograd take its gradient, so this
+// file sees `gi = dropout(x) W_ih^T + b_ih` and owns only the recurrence.
+//
+// Buffers (T time, B batch, H hidden, G gates: LSTM 4 (i f g o), GRU 3 (r z n), RNN 1;
+// Gm mask gates: 0 no recurrent mask, 1 shared, G per gate). "walk order" index s runs in the
+// order steps are computed (s = 0 is t = T-1 when reverse); "time order" is indexed by t.
+//   gi      (T, B, G*H)  time order, input projection incl. b_ih            [input]
+//   h0, c0  (B, H)                                                          [input]
+//   w_hh    (G*H, H), b_hh (G*H) or none, rmask (Gm, B, H) or none          [input]
+//   steps   (T, B) bool or none: True = real step (Keras carry-over at False)
+//   out     (T, B, H)    time order; without step mask it is also the state storage
+//   S       (T, B, H)    walk order, state h after step s (only with a step mask)
+//   C       (T, B, H)    walk order, LSTM cell state after step s (saved when training)
+//   GA      (T, B, G*H)  time order, activated gates (LSTM i f g o; GRU r z n) (saved)
+//   GHN     (T, B, H)    time order, GRU reset_after: W_hn (h*m) + b_hn (saved)
+// Backward produces dGI (T, B, G*H) = d gi (time order) and, for the GRU with reset_after,
+// dGH (T, B, 3H) = d of the recurrent pre-activations (they differ in the n block only).
+//
+// Parallelism: the rows of the batch are independent for the whole recurrence, so the batch is
+// split between threads once and each thread runs the full time loop on its rows (no barrier
+// per step). Per-step matmuls are ATen calls on the thread's row block (inside a parallel
+// region ATen/MKL run them single-threaded). The weight gradients are big matmuls after the
+// loop, over all timesteps at once.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstring>
+#include <vector>
+
+namespace rnndrop {
+
+using at::Tensor;
+
+enum Mode : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2 };
+enum Act : int64_t { kTanh = 0, kSigmoid = 1, kRelu = 2, kLinear = 3 };
+
+// ---------------------------------------------------------------- element-wise helpers
+
+// x <- act(x) in place, with ATen's vectorised maths (the same Sleef functions torch uses).
+template <typename T>
+void activate(int64_t act, T* x, int64_t n) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t W = V::size();
+  auto apply = [&](auto f) {
+    int64_t j = 0;
+    for (; j + W <= n; j += W) f(V::loadu(x + j)).store(x + j);
+    if (j < n) f(V::loadu(x + j, n - j)).store(x + j, n - j);
+  };
+  switch (act) {
+    case kTanh:
+      apply([](V a) { return a.tanh(); });
+      break;
+    case kSigmoid: {
+      // torch's CPU sigmoid: 1 / (1 + exp(-x)).
+      apply([](V a) { return (V(T(1)) + (V(T(0)) - a).exp()).reciprocal(); });
+      break;
+    }
+    case kRelu:
+      apply([](V a) { return at::vec::clamp_min(a, V(T(0))); });
+      break;
+    default:
+      break;  // linear
+  }
+}
+
+// g <- g * act'(.) where y = act(.) is the activation's output (as torch's *_backward do).
+template <typename T>
+void act_grad(int64_t act, const T* __restrict y, T* __restrict g, int64_t n) {
+  switch (act) {
+    case kTanh:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] = g[j] * (T(1) - y[j] * y[j]);
+      break;
+    case kSigmoid:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] = g[j] * (T(1) - y[j]) * y[j];
+      break;
+    case kRelu:
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
+      break;
+    default:
+      break;
+  }
+}
+
+template <typename T>
+inline void mul_rows(T* __restrict dst, const T* __restrict a, const T* __restrict b, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = a[j] * b[j];
+}
+
+// A (rows, cols) matrix view of raw memory with row stride ld (no copy, no ownership).
+template <typename T>
+Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// out (rows, n) contiguous <- a (rows, k; row stride lda) @ b, b any (k, n) tensor view.
+template <typename T>
+void mm_into(T* out, const T* a, int64_t rows, int64_t k, int64_t lda, const Tensor& b) {
+  if (rows == 0) return;
+  Tensor o = view2d(out, rows, b.size(1), b.size(1));
+  at::mm_out(o, view2d(a, rows, k, lda), b);
+}
+
+// ---------------------------------------------------------------- problem description
+
+template <typename T>
+struct Problem {
+  int64_t mode, act, ract;
+  bool reset_after, reverse, zero_fill, save;
+  int64_t Tn, B, H, G, GH, Gm;
+  const T* gi;
+  const T* h0;
+  const T* c0;
+  const T* bias;  // b_hh or nullptr
+  const T* mask;  // (Gm, B, H) or nullptr
+  const bool* steps;
+  Tensor w;    // (GH, H)
+  Tensor wT;   // (H, GH) view
+  std::vector<Tensor> wg;   // per gate (H, H) blocks of w
+  std::vector<Tensor> wgT;  // their transposed views
+  T* out;
+  T* S;
+  T* C;
+  T* GA;
+  T* GHN;
+
+  int64_t tix(int64_t s) const { return reverse ? Tn - 1 - s : s; }
+  // State h after walk step s (row b).
+  T* state(int64_t s, int64_t b) const { return steps ? S + (s * B + b) * H : out + (tix(s) * B + b) * H; }
+  // State h before walk step s (row b): h0 or the state after step s-1.
+  const T* hprev(int64_t s, int64_t b) const { return s == 0 ? h0 + b * H : state(s - 1, b); }
+  const T* m(int64_t g, int64_t b) const { return mask + (g * B + b) * H; }
+  bool keep(int64_t t, int64_t b) const { return steps == nullptr || steps[t * B + b]; }
+};
+
+// A row-major block of `ng` gates of W (rows [g0*H, (g0+ng)*H)), and its transpose.
+template <typename T>
+Tensor w_rows(const Problem<T>& P, int64_t g0, int64_t ng) {
+  return (g0 == 0 && ng == P.G) ? P.w : P.w.narrow(0, g0 * P.H, ng * P.H);
+}
+
+// gh <- (hprev * m_g) W_g^T for gates [g0, g0 + ng) of rows [b0, b0 + nb) at walk step s.
+// Layout of gh (gate k, row b at gh + k*gs + b*rs): one (nb, ng*H) matrix unless the mask is per
+// gate, then ng stacked (nb, H) matrices. hm receives the masked inputs (max(Gm,1) * nb * H).
+template <typename T>
+void recurrent_forward(const Problem<T>& P, int64_t s, int64_t b0, int64_t nb, int64_t g0, int64_t ng,
+                       T* gh, T* hm) {
+  const int64_t H = P.H;
+  const T* hp = P.hprev(s, b0);  // (nb, H) rows, row stride H
+  if (P.Gm == 0) {
+    mm_into(gh, hp, nb, H, H, w_rows(P, g0, ng).t());
+    return;
+  }
+  if (P.Gm == 1) {
+    for (int64_t b = 0; b < nb; ++b) mul_rows(hm + b * H, hp + b * H, P.m(0, b0 + b), H);
+    mm_into(gh, hm, nb, H, H, w_rows(P, g0, ng).t());
+    return;
+  }
+  for (int64_t g = g0; g < g0 + ng; ++g) {
+    T* hmg = hm + (g - g0) * nb * H;
+    for (int64_t b = 0; b < nb; ++b) mul_rows(hmg + b * H, hp + b * H, P.m(g, b0 + b), H);
+    mm_into(gh + (g - g0) * nb * H, hmg, nb, H, H, P.wg[g].t());
+  }
+}
+
+// dhm <- d(pre-activations of gates [g0, g0+ng)) W_g for rows [b0, b0+nb) at time t; src is a
+// (T, B, G*H) time-order buffer of pre-activation gradients. Layout of dhm: one (nb, H) matrix
+// unless the mask is per gate, then ng stacked (nb, H) matrices (one per gate, to be masked).
+template <typename T>
+void recurrent_backward(const Problem<T>& P, int64_t t, int64_t b0, int64_t nb, int64_t g0, int64_t ng,
+                        const T* src, T* dhm) {
+  const int64_t H = P.H, GH = P.GH;
+  const T* a = src + (t * P.B + b0) * GH;
+  if (P.Gm <= 1) {
+    mm_into(dhm, a + g0 * H, nb, ng * H, GH, w_rows(P, g0, ng));
+    return;
+  }
+  for (int64_t g = g0; g < g0 + ng; ++g) mm_into(dhm + (g - g0) * nb * H, a + g * H, nb, H, GH, P.wg[g]);
+}
+
+// dst <- base + sum_g dhm_g * m_g for row b (base may be null): the gradient reaching h_{t-1}
+// through the recurrent matmuls of gates [g0, g0+ng).
+template <typename T>
+void rec_grad_row(const Problem<T>& P, const T* dhm, int64_t nb, int64_t b, int64_t bg, int64_t g0, int64_t ng,
+                  const T* base, T* dst) {
+  const int64_t H = P.H;
+  if (P.Gm <= 1) {
+    const T* d = dhm + b * H;
+    const T* m = P.Gm == 1 ? P.m(0, bg) : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      T v = m ? d[j] * m[j] : d[j];
+      dst[j] = base ? base[j] + v : v;
+    }
+    return;
+  }
+  for (int64_t g = g0; g < g0 + ng; ++g) {
+    const T* d = dhm + (g - g0) * nb * H + b * H;
+    const T* m = P.m(g, bg);
+    const T* acc = g == g0 ? base : dst;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dst[j] = acc ? acc[j] + d[j] * m[j] : d[j] * m[j];
+  }
+}
+
+// dst <- gi + (gh + bias) for one gate row (the association of rnndrop.cells).
+template <typename T>
+inline void preact(T* __restrict dst, const T* __restrict gi, const T* __restrict gh, const T* __restrict bias,
+                   int64_t n) {
+  if (bias) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] = gi[j] + (gh[j] + bias[j]);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] = gi[j] + gh[j];
+  }
+}
+
+// Step-mask bookkeeping shared by all cells for one row after the new h is in `hnew`:
+// keeps it (state and output) or carries the previous state over (Keras rule).
+template <typename T>
+inline void store_step(const Problem<T>& P, int64_t s, int64_t t, int64_t bg, const T* hnew, char& seen) {
+  const int64_t H = P.H;
+  T* orow = P.out + (t * P.B + bg) * H;
+  if (!P.steps) {
+    if (orow != hnew) std::memcpy(orow, hnew, H * sizeof(T));
+    return;
+  }
+  T* st = P.state(s, bg);
+  if (P.keep(t, bg)) {
+    if (st != hnew) std::memcpy(st, hnew, H * sizeof(T));
+    std::memcpy(orow, st, H * sizeof(T));
+    seen = 1;
+  } else {
+    const T* hp = P.hprev(s, bg);
+    std::memcpy(st, hp, H * sizeof(T));
+    if (P.zero_fill || !seen) {
+      std::memset(orow, 0, H * sizeof(T));
+    } else {
+      std::memcpy(orow, hp, H * sizeof(T));
+    }
+  }
+}
+
+template <typename T>
+Tensor scratch(int64_t n) {
+  return at::empty({std::max<int64_t>(n, 1)}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// ---------------------------------------------------------------- forward, one block of rows
+
+template <typename T>
+void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
+  const int64_t nb = b1 - b0, H = P.H, G = P.G, GH = P.GH, B = P.B;
+  const bool per_gate = P.Gm == G && G > 1;
+  const bool gru_rb = P.mode == kGRU && !P.reset_after;
+  const int64_t ng_first = gru_rb ? 2 : G;  // gates of the first (or only) recurrent matmul
+  const int64_t gs = per_gate ? nb * H : H;
+  const int64_t rs = per_gate ? H : ng_first * H;
+  const int64_t n_gh = ng_first * nb * H, n_hm = std::max<int64_t>(P.Gm, 1) * nb * H;
+  const int64_t n_ga = P.save ? 0 : nb * GH, n_c = (P.mode == kLSTM && !P.save) ? 2 * nb * H : 0;
+  const int64_t n_gru = P.mode == kGRU ? 2 * nb * H : 0;  // u and gh_n (reset_after=False) or GHN scratch
+  Tensor buf = scratch<T>(n_gh + n_hm + n_ga + n_c + n_gru + H);
+  T* gh = buf.data_ptr<T>();
+  T* hm = gh + n_gh;
+  T* gtmp = hm + n_hm;
+  T* cbuf = gtmp + n_ga;
+  T* gbuf = cbuf + n_c;
+  T* tc = gbuf + n_gru;
+  std::vector<char> seen(nb, 0);
+
+  auto ga_row = [&](int64_t t, int64_t b) { return P.save ? P.GA + (t * B + b0 + b) * GH : gtmp + b * GH; };
+  auto c_row = [&](int64_t s, int64_t b) {
+    return P.save ? P.C + (s * B + b0 + b) * H : cbuf + ((s & 1) * nb + b) * H;
+  };
+
+  for (int64_t s = 0; s < P.Tn; ++s) {
+    const int64_t t = P.tix(s);
+    recurrent_forward(P, s, b0, nb, 0, ng_first, gh, hm);
+    if (gru_rb) {
+      // r, z, then u = r * (h * m_n) and the n gate's own recurrent matmul on u.
+      T* u = gbuf;
+      T* ghn = gbuf + nb * H;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t bg = b0 + b;
+        T* ga = ga_row(t, b);
+        const T* gir = P.gi + (t * B + bg) * GH;
+        for (int64_t k = 0; k < 2; ++k)
+          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+        activate(P.ract, ga, 2 * H);
+        const T* hp = P.hprev(s, bg);
+        T* ub = u + b * H;
+        if (P.Gm == 0) {
+          mul_rows(ub, ga, hp, H);
+        } else if (P.Gm == 1) {
+          mul_rows(ub, ga, hm + b * H, H);
+        } else {
+          const T* mn = P.m(2, bg);
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) ub[j] = ga[j] * (hp[j] * mn[j]);
+        }
+      }
+      mm_into(ghn, u, nb, H, H, w_rows(P, 2, 1).t());
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t bg = b0 + b;
+        T* ga = ga_row(t, b);
+        const T* gir = P.gi + (t * B + bg) * GH;
+        preact(ga + 2 * H, gir + 2 * H, ghn + b * H, P.bias ? P.bias + 2 * H : nullptr, H);
+        activate(P.act, ga + 2 * H, H);
+        const T* hp = P.hprev(s, bg);
+        T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
+        const T *z = ga + H, *n = ga + 2 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
+        store_step(P, s, t, bg, hn, seen[b]);
+      }
+      continue;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t bg = b0 + b;
+      const T* gir = P.gi + (t * B + bg) * GH;
+      const T* hp = P.hprev(s, bg);
+      // New h goes straight to its storage; store_step then applies the step mask.
+      T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
+      if (P.mode == kRNN) {
+        preact(hn, gir, gh + b * rs, P.bias, H);
+        activate(P.act, hn, H);
+        store_step(P, s, t, bg, hn, seen[b]);
+        continue;
+      }
+      T* ga = ga_row(t, b);
+      if (P.mode == kGRU) {  // reset_after=True
+        T* ghn = P.save ? P.GHN + (t * B + bg) * H : gbuf + b * H;
+        for (int64_t k = 0; k < 2; ++k)
+          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+        activate(P.ract, ga, 2 * H);
+        const T* ghb = gh + 2 * gs + b * rs;
+        if (P.bias) {
+          const T* bn = P.bias + 2 * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) ghn[j] = ghb[j] + bn[j];
+        } else {
+          std::memcpy(ghn, ghb, H * sizeof(T));
+        }
+        const T *r = ga, *z = ga + H, *gin = gir + 2 * H;
+        T* n = ga + 2 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) n[j] = gin[j] + r[j] * ghn[j];
+        activate(P.act, n, H);
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
+        store_step(P, s, t, bg, hn, seen[b]);
+        continue;
+      }
+      // LSTM
+      for (int64_t k = 0; k < 4; ++k)
+        preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+      activate(P.ract, ga, 2 * H);  // i, f
+      activate(P.act, ga + 2 * H, H);  // g
+      activate(P.ract, ga + 3 * H, H);  // o
+      const T *i = ga, *f = ga + H, *g = ga + 2 * H, *o = ga + 3 * H;
+      const T* cp = s == 0 ? P.c0 + bg * H : c_row(s - 1, b);
+      T* cn = c_row(s, b);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) cn[j] = f[j] * cp[j] + i[j] * g[j];
+      std::memcpy(tc, cn, H * sizeof(T));
+      activate(P.act, tc, H);
+      mul_rows(hn, o, tc, H);
+      if (P.steps && !P.keep(t, bg)) std::memcpy(cn, cp, H * sizeof(T));  // carry c over
+      store_step(P, s, t, bg, hn, seen[b]);
+    }
+  }
+  // Final (carried) states of these rows.
+  for (int64_t b = 0; b < nb; ++b) {
+    std::memcpy(hT + (b0 + b) * H, P.state(P.Tn - 1, b0 + b), H * sizeof(T));
+    if (P.mode == kLSTM) std::memcpy(cT + (b0 + b) * H, c_row(P.Tn - 1, b), H * sizeof(T));
+  }
+}
+
+// ---------------------------------------------------------------- backward, one block of rows
+
+template <typename T>
+struct Grads {
+  const T* dout;  // (T, B, H)
+  const T* dhT;
+  const T* dcT;
+  T* dGI;  // (T, B, GH)
+  T* dGH;  // (T, B, GH), == dGI except for the GRU with reset_after
+  T* dh0;
+  T* dc0;
+};
+
+template <typename T>
+void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b1) {
+  const int64_t nb = b1 - b0, H = P.H, G = P.G, GH = P.GH, B = P.B, Tn = P.Tn;
+  const bool per_gate = P.Gm == G && G > 1;
+  const bool gru_rb = P.mode == kGRU && !P.reset_after;
+  const int64_t n_dhm = (per_gate ? G : 1) * nb * H;
+  Tensor buf = scratch<T>(4 * nb * H + n_dhm + 2 * H);
+  T* dh = buf.data_ptr<T>();
+  T* dc = dh + nb * H;
+  T* ddir = dc + nb * H;
+  T* du = ddir + nb * H;
+  T* dhm = du + nb * H;
+  T* tc = dhm + n_dhm;
+  T* tmp = tc + H;
+  std::memcpy(dh, D.dhT + b0 * H, nb * H * sizeof(T));
+  if (P.mode == kLSTM) std::memcpy(dc, D.dcT + b0 * H, nb * H * sizeof(T));
+
+  // Which outputs are views of the state after their step (gradient flows into it) and which
+  // are constant zeros (zero_output_for_mask, or a masked step before the first real one).
+  std::vector<char> flows(P.steps ? Tn * nb : 0, 1);
+  if (P.steps) {
+    for (int64_t b = 0; b < nb; ++b) {
+      char seen = 0;
+      for (int64_t s = 0; s < Tn; ++s) {
+        const bool k = P.keep(P.tix(s), b0 + b);
+        flows[s * nb + b] = k || (!P.zero_fill && seen);
+        seen = seen || k;
+      }
+    }
+  }
+
+  for (int64_t s = Tn - 1; s >= 0; --s) {
+    const int64_t t = P.tix(s);
+    for (int64_t b = 0; b < nb; ++b) {
+      if (P.steps && !flows[s * nb + b]) continue;
+      const T* g = D.dout + (t * B + b0 + b) * H;
+      T* d = dh + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) d[j] += g[j];
+    }
+    // Element-wise backward of the cell, per row, into the pre-activation gradients.
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t bg = b0 + b;
+      T* dg = D.dGI + (t * B + bg) * GH;
+      if (!P.keep(t, bg)) {
+        std::memset(dg, 0, GH * sizeof(T));
+        if (D.dGH != D.dGI) std::memset(D.dGH + (t * B + bg) * GH, 0, GH * sizeof(T));
+        continue;
+      }
+      const T* dhb = dh + b * H;
+      if (P.mode == kRNN) {
+        std::memcpy(dg, dhb, H * sizeof(T));
+        act_grad(P.act, P.state(s, bg), dg, H);
+        continue;
+      }
+      const T* ga = P.GA + (t * B + bg) * GH;
+      if (P.mode == kGRU) {
+        const T *r = ga, *z = ga + H, *n = ga + 2 * H;
+        const T* hp = P.hprev(s, bg);
+        T* dd = ddir + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          dg[2 * H + j] = dhb[j] * (T(1) - z[j]);
+          dg[H + j] = dhb[j] * (hp[j] - n[j]);
+          dd[j] = dhb[j] * z[j];
+        }
+        act_grad(P.act, n, dg + 2 * H, H);
+        act_grad(P.ract, z, dg + H, H);
+        if (!gru_rb) {
+          const T* ghn = P.GHN + (t * B + bg) * H;
+          T* dgh = D.dGH + (t * B + bg) * GH;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            dg[j] = dg[2 * H + j] * ghn[j];
+            dgh[2 * H + j] = dg[2 * H + j] * r[j];
+          }
+          act_grad(P.ract, r, dg, H);
+          std::memcpy(dgh, dg, 2 * H * sizeof(T));
+        }
+        continue;
+      }
+      // LSTM
+      const T *i = ga, *f = ga + H, *gg = ga + 2 * H, *o = ga + 3 * H;
+      const T* cn = P.C + (s * B + bg) * H;
+      const T* cp = s == 0 ? P.c0 + bg * H : P.C + ((s - 1) * B + bg) * H;
+      T* dcb = dc + b * H;
+      std::memcpy(tc, cn, H * sizeof(T));
+      activate(P.act, tc, H);
+      mul_rows(dg + 3 * H, dhb, tc, H);  // d o
+      mul_rows(tmp, dhb, o, H);
+      act_grad(P.act, tc, tmp, H);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T dcc = dcb[j] + tmp[j];
+        dg[j] = dcc * gg[j];
+        dg[H + j] = dcc * cp[j];
+        dg[2 * H + j] = dcc * i[j];
+        dcb[j] = dcc * f[j];
+      }
+      act_grad(P.ract, i, dg, H);
+      act_grad(P.ract, f, dg + H, H);
+      act_grad(P.act, gg, dg + 2 * H, H);
+      act_grad(P.ract, o, dg + 3 * H, H);
+    }
+    if (gru_rb) {
+      // n's recurrent matmul ran on u = r * (h * m_n): its input gradient feeds r and h.
+      mm_into(du, D.dGI + (t * B + b0) * GH + 2 * H, nb, H, GH, w_rows(P, 2, 1));
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t bg = b0 + b;
+        if (!P.keep(t, bg)) continue;
+        T* dg = D.dGI + (t * B + bg) * GH;
+        const T* r = P.GA + (t * B + bg) * GH;
+        const T* hp = P.hprev(s, bg);
+        const T* mn = P.Gm == 0 ? nullptr : P.m(P.Gm == 1 ? 0 : 2, bg);
+        const T* dub = du + b * H;
+        T* dd = ddir + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T hn = mn ? hp[j] * mn[j] : hp[j];
+          dg[j] = dub[j] * hn;
+          dd[j] += mn ? dub[j] * r[j] * mn[j] : dub[j] * r[j];
+        }
+        act_grad(P.ract, r, dg, H);
+      }
+    }
+    const int64_t ng = gru_rb ? 2 : G;
+    recurrent_backward(P, t, b0, nb, 0, ng, D.dGH, dhm);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t bg = b0 + b;
+      if (!P.keep(t, bg)) continue;  // carried over: dh (and dc) pass through unchanged
+      rec_grad_row(P, dhm, nb, b, bg, 0, ng, P.mode == kGRU ? ddir + b * H : nullptr, dh + b * H);
+    }
+  }
+  std::memcpy(D.dh0 + b0 * H, dh, nb * H * sizeof(T));
+  if (P.mode == kLSTM) std::memcpy(D.dc0 + b0 * H, dc, nb * H * sizeof(T));
+}
+
+// ---------------------------------------------------------------- entry points
+
+// Rows per thread below which the batch is not split (a thread's matmul would be too thin).
+constexpr int64_t kGrainRows = 4;
+
+int64_t num_gates(int64_t mode) { return mode == kLSTM ? 4 : mode == kGRU ? 3 : 1; }
+
+template <typename T>
+Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
+                        bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
+                        const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& rmask,
+                        const c10::optional<Tensor>& steps) {
+  Problem<T> P;
+  P.mode = mode;
+  P.act = act;
+  P.ract = ract;
+  P.reset_after = reset_after;
+  P.reverse = reverse;
+  P.zero_fill = zero_fill;
+  P.save = save;
+  P.Tn = gi.size(0);
+  P.B = gi.size(1);
+  P.G = num_gates(mode);
+  P.GH = gi.size(2);
+  P.H = P.GH / P.G;
+  P.Gm = rmask && rmask->defined() ? rmask->size(0) : 0;
+  P.gi = gi.data_ptr<T>();
+  P.h0 = h0.data_ptr<T>();
+  P.c0 = (c0 && c0->defined()) ? c0->data_ptr<T>() : nullptr;
+  P.bias = (b_hh && b_hh->defined()) ? b_hh->data_ptr<T>() : nullptr;
+  P.mask = P.Gm ? rmask->data_ptr<T>() : nullptr;
+  P.steps = (steps && steps->defined()) ? steps->data_ptr<bool>() : nullptr;
+  // Detached: the per-step matmuls write into out= views, which autograd would refuse for a
+  // weight that requires grad (grad mode is thread-local and on in the worker threads).
+  P.w = w_hh.detach();
+  if (P.Gm == P.G && P.G > 1)
+    for (int64_t g = 0; g < P.G; ++g) P.wg.push_back(P.w.narrow(0, g * P.H, P.H));
+  P.out = P.S = P.C = P.GA = P.GHN = nullptr;
+  return P;
+}
+
+void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
+                  const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& rmask,
+                  const c10::optional<Tensor>& steps) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "rnndrop kernel: unknown mode ", mode);
+  TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous(), "rnndrop kernel: gi must be a contiguous (T, B, G*H) tensor");
+  const int64_t G = num_gates(mode), B = gi.size(1), GH = gi.size(2), H = GH / G;
+  TORCH_CHECK(GH == G * H, "rnndrop kernel: gi's last dimension must be a multiple of ", G);
+  TORCH_CHECK(gi.size(0) >= 1, "rnndrop kernel: need at least one timestep");
+  auto same = [&](const Tensor& x, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(x.sizes() == shape && x.is_contiguous() && x.scalar_type() == gi.scalar_type() && x.is_cpu(),
+                "rnndrop kernel: ", name, " must be a contiguous CPU tensor of shape ", shape, " and dtype ",
+                gi.scalar_type(), ", got ", x.sizes());
+  };
+  same(h0, {B, H}, "h0");
+  if (mode == kLSTM) {
+    TORCH_CHECK(c0 && c0->defined(), "rnndrop kernel: LSTM needs c0");
+    same(*c0, {B, H}, "c0");
+  }
+  same(w_hh, {GH, H}, "w_hh");
+  if (b_hh && b_hh->defined()) same(*b_hh, {GH}, "b_hh");
+  if (rmask && rmask->defined()) {
+    const int64_t gm = rmask->size(0);
+    TORCH_CHECK(rmask->dim() == 3 && (gm == 1 || gm == G), "rnndrop kernel: rmask must be (1 or G, B, H)");
+    same(*rmask, {gm, B, H}, "rmask");
+  }
+  if (steps && steps->defined()) {
+    TORCH_CHECK(steps->scalar_type() == at::kBool && steps->is_contiguous() && steps->sizes() == at::IntArrayRef({gi.size(0), B}),
+                "rnndrop kernel: steps must be a contiguous (T, B) bool tensor");
+  }
+}
+
+// Returns {out (T,B,H), hT, cT, S, C, GA, GHN}; tensors a configuration does not use are undefined.
+std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
+                            bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
+                            const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
+                            const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
+  check_inputs(mode, gi, h0, c0, w_hh, b_hh, rmask, steps);
+  const int64_t Tn = gi.size(0), B = gi.size(1), G = num_gates(mode), H = gi.size(2) / G;
+  const auto opts = gi.options();
+  Tensor out = at::empty({Tn, B, H}, opts), hT = at::empty({B, H}, opts), cT, S, C, GA, GHN;
+  const bool has_steps = steps && steps->defined();
+  if (has_steps) S = at::empty({Tn, B, H}, opts);
+  if (mode == kLSTM) {
+    cT = at::empty({B, H}, opts);
+    if (save) C = at::empty({Tn, B, H}, opts);
+  }
+  if (save && mode != kRNN) GA = at::empty({Tn, B, G * H}, opts);
+  if (save && mode == kGRU && reset_after) GHN = at::empty({Tn, B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnndrop_forward", [&] {
+    auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh,
+                                    rmask, steps);
+    P.out = out.data_ptr<scalar_t>();
+    P.S = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
+    P.C = C.defined() ? C.data_ptr<scalar_t>() : nullptr;
+    P.GA = GA.defined() ? GA.data_ptr<scalar_t>() : nullptr;
+    P.GHN = GHN.defined() ? GHN.data_ptr<scalar_t>() : nullptr;
+    scalar_t* hTp = hT.data_ptr<scalar_t>();
+    scalar_t* cTp = cT.defined() ? cT.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, kGrainRows, [&](int64_t b0, int64_t b1) {
+      at::NoGradGuard no_grad;
+      forward_rows(P, hTp, cTp, b0, b1);
+    });
+  });
+  return {out, hT, cT, S, C, GA, GHN};
+}
+
+// The inputs of every step's recurrent matmul, time order: (T, B, H) = h_{t-1} in walk terms.
+Tensor prev_states(const Tensor& h0, const Tensor& out, const c10::optional<Tensor>& S, bool reverse) {
+  const bool has_steps = S && S->defined();
+  // walk order: h0, state after step 0, ..., state after step T-2
+  Tensor walk_states = has_steps ? *S : (reverse ? out.flip(0) : out);
+  Tensor prev = at::cat({h0.unsqueeze(0), walk_states.narrow(0, 0, out.size(0) - 1)}, 0);
+  return reverse ? prev.flip(0) : prev;
+}
+
+// Returns {dgi, dh0, dc0, dw_hh, db_hh}.
+std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
+                             const Tensor& h0, const c10::optional<Tensor>& c0, const Tensor& w_hh, bool has_bias,
+                             const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps, const Tensor& out,
+                             const c10::optional<Tensor>& S, const c10::optional<Tensor>& C,
+                             const c10::optional<Tensor>& GA, const c10::optional<Tensor>& GHN, const Tensor& dout,
+                             const Tensor& dhT, const c10::optional<Tensor>& dcT) {
+  const int64_t Tn = out.size(0), B = out.size(1), H = out.size(2), G = num_gates(mode), GH = G * H;
+  TORCH_CHECK(dout.is_contiguous() && dout.sizes() == out.sizes(), "rnndrop kernel: dout must be contiguous (T,B,H)");
+  TORCH_CHECK(dhT.is_contiguous() && dhT.sizes() == h0.sizes(), "rnndrop kernel: dhT must be contiguous (B,H)");
+  const auto opts = out.options();
+  Tensor dGI = at::empty({Tn, B, GH}, opts);
+  Tensor dGH = (mode == kGRU && reset_after) ? at::empty({Tn, B, GH}, opts) : dGI;
+  Tensor dh0 = at::empty({B, H}, opts), dc0;
+  if (mode == kLSTM) dc0 = at::empty({B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnndrop_backward", [&] {
+    // dGI only carries the sizes here (P.gi is never read by the backward).
+    auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, true, dGI, h0, c0, w_hh,
+                                    c10::nullopt, rmask, steps);
+    P.out = const_cast<scalar_t*>(out.data_ptr<scalar_t>());
+    P.S = (S && S->defined()) ? S->data_ptr<scalar_t>() : nullptr;
+    P.C = (C && C->defined()) ? C->data_ptr<scalar_t>() : nullptr;
+    P.GA = (GA && GA->defined()) ? GA->data_ptr<scalar_t>() : nullptr;
+    P.GHN = (GHN && GHN->defined()) ? GHN->data_ptr<scalar_t>() : nullptr;
+    Grads<scalar_t> D;
+    D.dout = dout.data_ptr<scalar_t>();
+    D.dhT = dhT.data_ptr<scalar_t>();
+    D.dcT = (dcT && dcT->defined()) ? dcT->data_ptr<scalar_t>() : nullptr;
+    D.dGI = dGI.data_ptr<scalar_t>();
+    D.dGH = dGH.data_ptr<scalar_t>();
+    D.dh0 = dh0.data_ptr<scalar_t>();
+    D.dc0 = dc0.defined() ? dc0.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, kGrainRows, [&](int64_t b0, int64_t b1) {
+      at::NoGradGuard no_grad;
+      backward_rows(P, D, b0, b1);
+    });
+  });
+
+  // Weight gradients: one matmul over all timesteps and rows per (masked) input.
+  const int64_t Gm = rmask && rmask->defined() ? rmask->size(0) : 0;
+  Tensor prev = prev_states(h0, out, S, reverse);  // (T, B, H)
+  auto masked = [&](int64_t g) { return Gm == 0 ? prev : prev * rmask->select(0, g).unsqueeze(0); };
+  Tensor src = dGH.view({Tn * B, GH});
+  Tensor dW = at::empty({GH, H}, opts);
+  const bool gru_rb = mode == kGRU && !reset_after;
+  const int64_t ng = gru_rb ? 2 : G;
+  if (Gm == G && G > 1) {
+    for (int64_t g = 0; g < ng; ++g) {
+      Tensor o = dW.narrow(0, g * H, H);
+      at::mm_out(o, src.narrow(1, g * H, H).t(), masked(g).view({Tn * B, H}));
+    }
+  } else {
+    Tensor o = dW.narrow(0, 0, ng * H);
+    at::mm_out(o, src.narrow(1, 0, ng * H).t(), masked(0).view({Tn * B, H}));
+  }
+  if (gru_rb) {
+    Tensor r = GA->narrow(2, 0, H);
+    Tensor u = r * (Gm == 0 ? prev : prev * rmask->select(0, Gm == 1 ? 0 : 2).unsqueeze(0));
+    Tensor o = dW.narrow(0, 2 * H, H);
+    at::mm_out(o, src.narrow(1, 2 * H, H).t(), u.reshape({Tn * B, H}));
+  }
+  Tensor db = has_bias ? src.sum(0) : Tensor();
+  return {dGI, dh0, dc0, dW, db};
+}
+
+}  // namespace rnndrop
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnndrop fused CPU recurrences (see rnndrop/_kernels)";
+  m.def("forward", &rnndrop::forward, "fused forward of one direction");
+  m.def("backward", &rnndrop::backward, "hand-derived backward (BPTT) of one direction");
+  m.attr("ABI_VERSION") = 1;
+}

@@ -1,0 +1,133 @@
+"""Find and load the compiled CPU extension, lazily; never raises.
+
+The extension is compiled ahead of time by ``python -m rnndrop._kernels.build`` (the
+Makefile's install step runs it), never at import time. It lands in a directory named by a
+*build tag*: a hash of the C++ sources, the compile flags, the torch and Python versions and
+the CPU capability. A stale build (sources edited, torch upgraded, another CPU) therefore has
+another tag and is simply not found — the loader reports why instead of running old code.
+
+Directory: ``$RNNDROP_KERNEL_DIR`` if set, else ``rnndrop/_kernels/_build`` inside the package.
+``RNNDROP_DISABLE_KERNELS=1`` makes the extension unavailable on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+_HERE = Path(__file__).resolve().parent
+CSRC = _HERE / "csrc"
+SOURCES: tuple[Path, ...] = (CSRC / "cpu" / "rnn.cpp",)
+BUILD_COMMAND = f"{Path(sys.executable).name} -m rnndrop._kernels.build"
+
+
+def cpu_capability() -> str:
+    """torch's SIMD level on this CPU (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # very old torch
+        return "DEFAULT"
+
+
+def compile_flags(capability: str | None = None) -> list[str]:
+    """C++ flags: -O3, OpenMP for at::parallel_for, and ATen's vector ISA for ``capability``.
+
+    ``CPU_CAPABILITY`` selects the ``at::vec`` implementation (and its inline namespace, so our
+    copy never collides with torch's own kernels); the -m flags let the compiler emit it.
+    """
+    cap = capability or cpu_capability()
+    flags = ["-O3", "-fopenmp", "-fno-math-errno", "-DNDEBUG"]
+    if cap == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+                  "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    elif cap == "AVX2":
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    else:
+        flags += ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]
+    return flags
+
+
+def build_tag() -> str:
+    """Hash of everything the binary depends on (see the module docstring)."""
+    h = hashlib.sha256()
+    for src in SOURCES:
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    for part in (torch.__version__, f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine(),
+                 cpu_capability(), " ".join(compile_flags())):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def kernel_root() -> Path:
+    env = os.environ.get("RNNDROP_KERNEL_DIR")
+    return Path(env) if env else _HERE / "_build"
+
+
+def module_name(tag: str) -> str:
+    # The tag is part of the module name so two builds can never be confused in one process.
+    return f"rnndrop_cpu_{tag}"
+
+
+def library_path() -> Path:
+    tag = build_tag()
+    return kernel_root() / tag / f"{module_name(tag)}.so"
+
+
+_cache: tuple[ModuleType | None, str | None] | None = None
+
+
+def load() -> ModuleType | None:
+    """The extension module, or ``None`` (then :func:`unavailable_reason` says why). Cached."""
+    return _load()[0]
+
+
+def unavailable_reason() -> str | None:
+    """Why the extension cannot be used, or ``None`` when it is loaded."""
+    return _load()[1]
+
+
+def reset() -> None:
+    """Forget the cached result (after a build in the same process, or in tests)."""
+    global _cache
+    _cache = None
+
+
+def _load() -> tuple[ModuleType | None, str | None]:
+    global _cache
+    if _cache is None:
+        _cache = _try_load()
+    return _cache
+
+
+def _try_load() -> tuple[ModuleType | None, str | None]:
+    if os.environ.get("RNNDROP_DISABLE_KERNELS", "") not in ("", "0"):
+        return None, "disabled by RNNDROP_DISABLE_KERNELS"
+    try:
+        path = library_path()
+    except OSError as exc:  # sources missing from the installation
+        return None, f"kernel sources unreadable ({exc})"
+    if not path.is_file():
+        return None, (
+            f"the compiled CPU extension is not built for this installation "
+            f"(looked for {path}); build it with `{BUILD_COMMAND}`"
+        )
+    try:
+        name = path.stem
+        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+        spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+        if spec is None:
+            return None, f"cannot load {path}"
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except Exception as exc:  # ImportError, OSError (bad ELF, missing symbol), anything else
+        return None, f"the compiled CPU extension at {path} failed to load: {type(exc).__name__}: {exc}"
+    return module, None

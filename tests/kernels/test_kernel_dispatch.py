@@ -1,0 +1,145 @@
+"""Dispatch: the fused kernel really runs when eligible (spy), ineligible calls fall back with a
+reason, ``backend="fused"`` raises it, and a missing extension gives one warning, never a crash."""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import pytest
+import torch
+
+import rnndrop
+from rnndrop import KernelUnavailableError, RnnDropValueError
+from rnndrop._kernels import loader, registry
+
+
+class _Spy(types.ModuleType):
+    """Wraps the extension and counts calls into it."""
+
+    def __init__(self, inner: types.ModuleType) -> None:
+        super().__init__("spy")
+        self.inner = inner
+        self.calls = {"forward": 0, "backward": 0}
+
+    def forward(self, *args):
+        self.calls["forward"] += 1
+        return self.inner.forward(*args)
+
+    def backward(self, *args):
+        self.calls["backward"] += 1
+        return self.inner.backward(*args)
+
+
+@pytest.mark.parametrize("cls", [rnndrop.LSTM, rnndrop.GRU, rnndrop.RNN])
+def test_spy_fused_kernel_runs_forward_and_backward(kernel, monkeypatch, cls) -> None:
+    spy = _Spy(kernel)
+    monkeypatch.setattr(loader, "_cache", (spy, None))
+    layer = cls(3, 4, num_layers=2, bidirectional=True, input_dropout=0.2, recurrent_dropout=0.2)
+    out, _ = layer(torch.randn(5, 2, 3))
+    assert layer.last_backend == "fused" and layer.last_backend_reason is None
+    assert spy.calls["forward"] == 4  # 2 layers x 2 directions
+    out.sum().backward()
+    assert spy.calls["backward"] == 4
+
+
+def test_reference_backend_never_calls_the_kernel(kernel, monkeypatch) -> None:
+    spy = _Spy(kernel)
+    monkeypatch.setattr(loader, "_cache", (spy, None))
+    layer = rnndrop.LSTM(3, 4, backend="reference")
+    layer(torch.randn(5, 2, 3))
+    assert layer.last_backend == "reference" and spy.calls["forward"] == 0
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda b: rnndrop.LSTM(3, 4, proj_size=2, backend=b), "proj_size"),
+        (lambda b: rnndrop.LSTM(3, 4, recurrent_activation="hard_sigmoid", backend=b), "hard_sigmoid"),
+        (lambda b: rnndrop.GRU(3, 4, activation="gelu", backend=b), "gelu"),
+        (lambda b: rnndrop.LSTM(3, 4, zoneout_cell=0.2, backend=b), "zoneout"),
+        (lambda b: rnndrop.GRU(3, 4, candidate_dropout=0.2, backend=b), "candidate"),
+        (lambda b: rnndrop.RNN(3, 4, dtype=torch.bfloat16, backend=b), "bfloat16"),
+    ],
+)
+def test_ineligible_calls_fall_back_or_raise_with_the_reason(kernel, make, reason: str) -> None:
+    dtype = torch.bfloat16 if "bfloat16" in reason else torch.float32
+    x = torch.randn(4, 2, 3, dtype=dtype)
+    auto = make("auto")
+    auto(x)
+    assert auto.last_backend == "reference"
+    assert reason in auto.last_backend_reason
+    with pytest.raises(KernelUnavailableError, match=reason):
+        make("fused")(x)
+
+
+def test_autocast_falls_back(kernel) -> None:
+    layer = rnndrop.LSTM(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(4, 2, 3))
+    assert layer.last_backend == "reference" and "autocast" in layer.last_backend_reason
+
+
+def test_weight_dropout_runs_fused(kernel) -> None:
+    # DropConnect is folded into W_hh before the direction function, so the kernel serves it.
+    layer = rnndrop.LSTM(3, 4, weight_dropout=0.3, recurrent_dropout=0.2)
+    layer(torch.randn(4, 2, 3))
+    assert layer.last_backend == "fused"
+
+
+def test_invalid_backend_name() -> None:
+    with pytest.raises(RnnDropValueError, match="backend must be one of"):
+        rnndrop.GRU(3, 4, backend="fast")  # type: ignore[arg-type]
+
+
+def test_missing_extension_warns_once_and_matches_reference(monkeypatch) -> None:
+    monkeypatch.setattr(loader, "_cache", (None, "simulated: extension not built"))
+    monkeypatch.setattr(registry, "_warned_unavailable", False)
+    layer = rnndrop.GRU(3, 4, input_dropout=0.3, recurrent_dropout=0.3)
+    twin = rnndrop.GRU(3, 4, input_dropout=0.3, recurrent_dropout=0.3, backend="reference")
+    twin.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3)
+    masks = layer.sample_masks(2, 5, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, _ = layer(x, dropout_masks=masks)
+        layer(x, dropout_masks=masks)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "simulated: extension not built" in messages[0]
+    assert layer.last_backend == "reference"
+    torch.testing.assert_close(out, twin(x, dropout_masks=masks)[0], rtol=0, atol=0)
+    with pytest.raises(KernelUnavailableError, match="simulated"):
+        rnndrop.GRU(3, 4, backend="fused")(x)
+
+
+def test_loader_reports_a_missing_build_without_raising(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RNNDROP_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(loader, "_cache", None)
+    assert loader.load() is None
+    reason = loader.unavailable_reason()
+    assert "not built" in reason and "rnndrop._kernels.build" in reason
+
+
+def test_loader_rejects_a_broken_library(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RNNDROP_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(loader, "_cache", None)
+    path = loader.library_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an ELF file")
+    assert loader.load() is None
+    assert "failed to load" in loader.unavailable_reason()
+
+
+def test_build_tag_follows_the_sources(monkeypatch, tmp_path) -> None:
+    src = tmp_path / "k.cpp"
+    src.write_text("int a;")
+    monkeypatch.setattr(loader, "SOURCES", (src,))
+    before = loader.build_tag()
+    src.write_text("int b;")
+    assert loader.build_tag() != before  # an edited source never loads a stale binary
+
+
+def test_disable_env_var(monkeypatch) -> None:
+    monkeypatch.setenv("RNNDROP_DISABLE_KERNELS", "1")
+    monkeypatch.setattr(loader, "_cache", None)
+    assert loader.load() is None and "RNNDROP_DISABLE_KERNELS" in loader.unavailable_reason()
