@@ -98,6 +98,33 @@ _DOC_FORWARD = """
 Backend = Literal["auto", "fused", "reference"]
 
 
+def _exporter() -> str | None:
+    """Name of the export / tracing machinery running this forward, or None in plain eager or torch.compile."""
+    # Checked in this order: the ONNX exporters also set one of the other flags.
+    if torch.onnx.is_in_onnx_export():
+        return "torch.onnx.export"
+    if getattr(torch.compiler, "is_exporting", lambda: False)():  # torch >= 2.5
+        return "torch.export"
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    return None
+
+
+def _refuse_random_masks_in_export(layer: nn.Module) -> None:
+    """Raise when a training-mode layer with dropout is being exported or traced.
+
+    An exported graph would either freeze one random draw as a constant (tracing) or ship a
+    sampling op that the runtime replays differently; neither is what a served model wants.
+    """
+    exporter = _exporter()
+    if exporter is not None:
+        raise RnnDropValueError(
+            f"{type(layer).__name__} is in training mode with dropout active during {exporter}: the exported "
+            "graph would contain random dropout masks. Call model.eval() before exporting (dropout is then off), "
+            "or pass dropout_masks= explicitly"
+        )
+
+
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RnnDropTypeError(f"{argument} must be an int >= {minimum}, got {type(value).__name__}")
@@ -427,6 +454,8 @@ class RecurrentBase(nn.Module):
             spec.check(dropout_masks, batch, time)
             masks: DropoutMasks | None = dropout_masks
         elif self.training:
+            if not spec.is_empty():
+                _refuse_random_masks_in_export(self)
             gen = generator or self.generator
             masks = None if spec.is_empty() else spec.sample(batch, time, dtype=x.dtype, device=x.device, generator=gen)
         else:
