@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -111,6 +112,12 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
         f.write("half")
         raise RuntimeError
     assert target.read_text() == "old" and _listing(tmp_path) == ["f.json"]
+    with atomic_write(target) as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 def test_other_configuration_in_out_folder_is_refused(tmp_path, capsys):

@@ -28,6 +28,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
@@ -37,6 +38,12 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -76,6 +83,7 @@ def summarize(runs: Sequence[dict[str, Any]], order: Sequence[str]) -> list[dict
             "seeds": [r["seed"] for r in mine],
             "implementation": mine[0]["implementation"],
             "mc_implementation": mine[0]["mc_implementation"],
+            "backend": mine[0].get("backend") or "",
         }
         for prefix, key in (("", "test"), ("mc_", "test_mc")):
             for m in mine[0][key]:
@@ -179,7 +187,7 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
-    tail = [f"{r['best_epoch_mean']:.0f}/{r['epochs_run_mean']:.0f}", f"{r['seconds_mean']:.1f}"]
+    tail = [f"{r['best_epoch_mean']:.0f}/{r['epochs_run_mean']:.0f}", f"{r['seconds_mean']:.1f}", r["backend"] or "-"]
     if "bits_per_char_mean" in r:
         keys = ("bits_per_char", "mc_bits_per_char", "perplexity", "mc_perplexity", "accuracy", "ece", "mc_ece")
     else:
@@ -188,11 +196,11 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 
 TABLE_COLUMNS = (
-    "strategy", "test acc", "MC acc", "NLL", "MC NLL", "ECE", "MC ECE", "epochs", "seconds",
+    "strategy", "test acc", "MC acc", "NLL", "MC NLL", "ECE", "MC ECE", "epochs", "seconds", "path",
 )
 LM_COLUMNS = (
     "strategy", "bits/char", "MC bits/char", "perplexity", "MC perplexity", "next-char acc", "ECE", "MC ECE",
-    "epochs", "seconds",
+    "epochs", "seconds", "path",
 )
 
 
@@ -201,7 +209,8 @@ def _columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def table(rows: Sequence[dict[str, Any]], unavailable: Sequence[tuple[str, str]] = ()) -> str:
-    """The final table as aligned text: mean ± std over seeds; epochs = best / run (means)."""
+    """The final table as aligned text: mean ± std over seeds; epochs = best / run (means); seconds per run
+    (training + evaluation); path = the recurrent layer's implementation in training (fused / reference)."""
     columns = _columns(rows)
     body = [list(columns)]
     for r in rows:
@@ -237,7 +246,7 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], unavailable: Seq
     fields = [
         "strategy", "rate", "n_seeds",
         *(f"{p}{m}_{s}" for p in ("", "mc_") for m in metrics for s in ("mean", "std")),
-        "best_epoch_mean", "epochs_run_mean", "seconds_mean", "implementation", "mc_implementation",
+        "best_epoch_mean", "epochs_run_mean", "seconds_mean", "backend", "implementation", "mc_implementation",
     ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*fields, "unavailable"], lineterminator="\n")

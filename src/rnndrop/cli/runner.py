@@ -174,6 +174,7 @@ def train_run(
     x, lengths, y = _tensors(train)
 
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    backend: tuple[str | None, str | None] | None = None
     best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
     start = time.perf_counter()
     epochs_run = 0
@@ -191,6 +192,8 @@ def train_run(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             losses.append(loss.item() * len(idx))
+            if backend is None:  # which implementation the layer ran in training (if it says)
+                backend = (getattr(model.rnn, "last_backend", None), getattr(model.rnn, "last_backend_reason", None))
         model.eval()
         probs = predict_proba(model, val)
         val_loss = nll(probs, val.y.reshape(-1))
@@ -235,6 +238,8 @@ def train_run(
         "best_val_accuracy": history["val_accuracy"][best_epoch - 1],
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
+        "backend": backend[0] if backend else None,
+        "backend_reason": backend[1] if backend else None,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "history": history,
     }
