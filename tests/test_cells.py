@@ -30,12 +30,15 @@ def make_layer(kind: str, **kw) -> torch.nn.Module:
     return rnndrop.RNN(INPUT, HIDDEN, dtype=F64, **kw)
 
 
+# The reference path (the definition) and the default dispatch (the fused kernel where eligible).
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("kind", list(GATES))
 @pytest.mark.parametrize("gate_masks", ["shared", "per_gate"])
 @pytest.mark.parametrize("with_step_mask", [False, True])
-def test_gradcheck_with_dropout(kind, gate_masks, with_step_mask):
+def test_gradcheck_with_dropout(kind, gate_masks, with_step_mask, backend):
     torch.manual_seed(0)
-    layer = make_layer(kind, bidirectional=True, input_dropout=0.5, recurrent_dropout=0.5, gate_masks=gate_masks)
+    layer = make_layer(kind, bidirectional=True, input_dropout=0.5, recurrent_dropout=0.5, gate_masks=gate_masks,
+                       backend=backend)
     # At these sizes a mask can come out all kept; take the first seed whose every mask has both
     # dropped and kept entries, so both are exercised (deterministic: the search is seeded too).
     for seed in range(100):

@@ -1,4 +1,4 @@
-"""Layer-test configuration: report the largest differences observed against torch.nn."""
+"""Layer-test configuration: report the largest differences observed against torch.nn and the oracles."""
 
 from rnn_pairs import OBSERVED
 
@@ -6,10 +6,15 @@ from rnn_pairs import OBSERVED
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # pytest hook signature
     if not OBSERVED:
         return
-    terminalreporter.section("rnndrop vs torch.nn and oracles: max abs error observed (float64 unless noted)")
-    cases = sorted({key.rsplit(" ", 1)[0] for key in OBSERVED})
-    terminalreporter.write_line(f"{'case':<40s} {'forward':>10s} {'gradients':>10s}")
+    terminalreporter.section("rnndrop: max abs error observed, forward / gradients (float64 unless noted)")
+    cases = sorted({case for case, _, _ in OBSERVED})
+    kinds = sorted({kind for _, kind, _ in OBSERVED})
+    width = max(len(c) for c in cases)
+    terminalreporter.write_line(" " * width + "".join(f"{k:>14s}" for k in kinds))
     for case in cases:
-        fwd, grad = OBSERVED.get(f"{case} forward"), OBSERVED.get(f"{case} grad")
-        cells = [f"{v:10.2e}" if v is not None else f"{'-':>10s}" for v in (fwd, grad)]
-        terminalreporter.write_line(f"{case:<40s} {cells[0]} {cells[1]}")
+        cells = []
+        for kind in kinds:
+            fwd, grad = OBSERVED.get((case, kind, "forward")), OBSERVED.get((case, kind, "grad"))
+            text = "/".join("-" if v is None else f"{v:.0e}" for v in (fwd, grad))
+            cells.append(f"{text:>14s}")
+        terminalreporter.write_line(f"{case:<{width}s}" + "".join(cells))

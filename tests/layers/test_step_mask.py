@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rnn_pairs import F64, as_tuple, max_abs, record
+from rnn_pairs import BACKENDS, F64, as_tuple, max_abs, record
 from torch import nn
 
 import rnndrop
@@ -133,16 +133,17 @@ def _call(layer: nn.Module, x_bf: torch.Tensor, states: tuple[torch.Tensor, ...]
     return (out if layer.batch_first else out.transpose(0, 1)), as_tuple(hidden)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("zero_output", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_step_mask_matches_oracle(kind, bidirectional, zero_output, num_layers, batch_first):
+def test_step_mask_matches_oracle(kind, bidirectional, zero_output, num_layers, batch_first, backend):
     torch.manual_seed(num_layers)
     layer = LAYERS[kind](
         num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-        zero_output_for_mask=zero_output,
+        zero_output_for_mask=zero_output, backend=backend,
     )
     gen = torch.Generator().manual_seed(17)
     x = torch.randn(BATCH, TIME, INPUT, generator=gen, dtype=F64)
@@ -150,7 +151,7 @@ def test_step_mask_matches_oracle(kind, bidirectional, zero_output, num_layers, 
     out, finals = _call(layer, x, states, step_mask=PATTERNS)
     want_out, want_finals = oracle(layer, x, states, PATTERNS, zero_output)
     err = max(max_abs(out, want_out), *(max_abs(a, b) for a, b in zip(finals, want_finals)))
-    record(f"{kind} step_mask vs oracle forward", err)
+    record(kind, "step_mask vs oracle", "forward", err, layer)
     assert err < TOL
     # The fully masked row keeps its initial state in every layer and direction.
     for f, s in zip(finals, states):
@@ -162,13 +163,15 @@ def test_step_mask_matches_oracle(kind, bidirectional, zero_output, num_layers, 
         assert torch.equal(out[0, 4:, HIDDEN:], torch.zeros(2, HIDDEN, dtype=F64))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_step_mask_with_dropout_masks_matches_oracle(kind, bidirectional):
+def test_step_mask_with_dropout_masks_matches_oracle(kind, bidirectional, backend):
     """Training mode, shared input and recurrent masks injected, step mask with holes: still the oracle."""
     torch.manual_seed(0)
     layer = LAYERS[kind](
         num_layers=2, bidirectional=bidirectional, batch_first=True, input_dropout=0.4, recurrent_dropout=0.4,
+        backend=backend,
     )
     masks = layer.sample_masks(BATCH, TIME, generator=torch.Generator().manual_seed(3))
     assert any((m.input == 0).any() for dirs in masks.layers for m in dirs)
@@ -178,7 +181,7 @@ def test_step_mask_with_dropout_masks_matches_oracle(kind, bidirectional):
     out, finals = _call(layer, x, states, step_mask=PATTERNS, dropout_masks=masks)
     want_out, want_finals = oracle(layer, x, states, PATTERNS, False, masks)
     err = max(max_abs(out, want_out), *(max_abs(a, b) for a, b in zip(finals, want_finals)))
-    record(f"{kind} step_mask+dropout vs oracle forward", err)
+    record(kind, "step_mask+dropout vs oracle", "forward", err, layer)
     assert err < TOL
 
 
@@ -228,11 +231,13 @@ def test_all_true_step_mask_changes_nothing():
     bidirectional=st.booleans(),
     zero_output=st.booleans(),
     seed=st.integers(0, 2**16),
+    backend=st.sampled_from(BACKENDS),
 )
 @settings(max_examples=20, deadline=None)
-def test_random_step_masks_match_oracle(kind, rows, bidirectional, zero_output, seed):
+def test_random_step_masks_match_oracle(kind, rows, bidirectional, zero_output, seed, backend):
     torch.manual_seed(seed)
-    layer = LAYERS[kind](bidirectional=bidirectional, batch_first=True, zero_output_for_mask=zero_output)
+    layer = LAYERS[kind](bidirectional=bidirectional, batch_first=True, zero_output_for_mask=zero_output,
+                         backend=backend)
     mask = torch.tensor(rows, dtype=torch.bool)
     batch, time = mask.shape
     gen = torch.Generator().manual_seed(seed)

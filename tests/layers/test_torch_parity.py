@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from rnn_pairs import F64, KINDS, as_tuple, make_pair, max_abs, random_hx, record
+from rnn_pairs import BACKENDS, F64, KINDS, as_tuple, make_pair, max_abs, random_hx, record
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnndrop
@@ -36,7 +36,8 @@ def assert_same_as_torch(
     call_input: Any,
     hx: Any,
     grad_wrt: list[torch.Tensor],
-    category: str,
+    kind: str,
+    case: str,
     ours_call: Any = None,
     theirs_call: Any = None,
 ) -> None:
@@ -59,7 +60,7 @@ def assert_same_as_torch(
     res_t = [_output_tensor(out_t), *as_tuple(hid_t)]
     assert len(res_o) == len(res_t)
     fwd = max(max_abs(a, b) for a, b in zip(res_o, res_t))
-    record(f"{category} forward", fwd)
+    record(kind, case, "forward", fwd, ours)
     assert fwd < TOL
 
     names_o = [n for n, _ in ours.named_parameters()]
@@ -76,9 +77,10 @@ def assert_same_as_torch(
         err = max_abs(a, b)
         assert err < TOL, f"gradient of {label}: {err}"
         worst = max(worst, err)
-    record(f"{category} grad", worst)
+    record(kind, case, "grad", worst, ours)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 # --------------------------------------------------------------------------- dense input
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
@@ -87,68 +89,76 @@ def assert_same_as_torch(
 @pytest.mark.parametrize(
     "batch_first, bias, give_hx", [(False, True, False), (False, False, True), (True, True, True), (True, False, False)]
 )
-def test_dense_matches_torch(kind, num_layers, bidirectional, batch_first, bias, give_hx):
+def test_dense_matches_torch(kind, num_layers, bidirectional, batch_first, bias, give_hx, backend):
     ours, theirs = make_pair(
         kind, INPUT, HIDDEN, seed=num_layers, num_layers=num_layers, bidirectional=bidirectional,
-        batch_first=batch_first, bias=bias,
+        batch_first=batch_first, bias=bias, backend=backend,
     )
     gen = torch.Generator().manual_seed(7)
     shape = (BATCH, TIME, INPUT) if batch_first else (TIME, BATCH, INPUT)
     x = torch.randn(*shape, generator=gen, dtype=F64, requires_grad=True)
     hx = random_hx(ours, BATCH, gen) if give_hx else None
-    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], f"{kind} dense")
+    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], kind, "dense")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("give_hx", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_unbatched_matches_torch(kind, give_hx, batch_first):
+def test_unbatched_matches_torch(kind, give_hx, batch_first, backend):
     # batch_first has no effect on unbatched (L, H_in) input, in torch.nn as here.
-    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=batch_first)
+    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=batch_first,
+                             backend=backend)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(TIME, INPUT, generator=gen, dtype=F64, requires_grad=True)
     hx = random_hx(ours, None, gen) if give_hx else None
     out, hidden = ours(x, hx)
     assert out.shape == (TIME, 2 * (ours.proj_size or HIDDEN))
     assert all(h.dim() == 2 for h in as_tuple(hidden))
-    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], f"{kind} unbatched")
+    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], kind, "unbatched")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_float32_matches_torch(kind):
+def test_float32_matches_torch(kind, backend):
     """The default dtype too: float32 rounding differences are ~1e-7 at these sizes; the bound is 1e-5."""
-    ours, theirs = make_pair(kind, INPUT, HIDDEN, dtype=torch.float32, num_layers=2, bidirectional=True)
+    ours, theirs = make_pair(kind, INPUT, HIDDEN, dtype=torch.float32, num_layers=2, bidirectional=True,
+                             backend=backend)
     x = torch.randn(TIME, BATCH, INPUT, generator=torch.Generator().manual_seed(2))
     out_o, hid_o = ours(x)
     out_t, hid_t = theirs(x)
     assert out_o.dtype == torch.float32
     err = max(max_abs(a, b) for a, b in zip([out_o, *as_tuple(hid_o)], [out_t, *as_tuple(hid_t)]))
-    record(f"{kind} float32 (tol 1e-5) forward", err)
+    record(kind, "float32 (tol 1e-5)", "forward", err, ours)
     assert err < 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 # --------------------------------------------------------------------------- packed / lengths
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 @pytest.mark.parametrize("give_hx", [False, True])
-def test_packed_matches_torch(kind, bidirectional, enforce_sorted, give_hx):
+def test_packed_matches_torch(kind, bidirectional, enforce_sorted, give_hx, backend):
     # batch_first=True on the modules: a PackedSequence carries its own layout and must ignore it.
-    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=bidirectional, batch_first=True,
+                             backend=backend)
     lengths = torch.tensor([5, 4, 2, 1]) if enforce_sorted else torch.tensor([2, 5, 1, 4])
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(len(lengths), TIME, INPUT, generator=gen, dtype=F64, requires_grad=True)
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=enforce_sorted)
     hx = random_hx(ours, len(lengths), gen) if give_hx else None
-    assert_same_as_torch(ours, theirs, packed, hx, [x, *_leaves(hx)], f"{kind} packed")
+    assert_same_as_torch(ours, theirs, packed, hx, [x, *_leaves(hx)], kind, "packed")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_lengths_equals_packing(kind, batch_first):
+def test_lengths_equals_packing(kind, batch_first, backend):
     """``lengths=`` on a padded tensor gives what torch.nn gives on the packed equivalent."""
-    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=batch_first)
+    ours, theirs = make_pair(kind, INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=batch_first,
+                             backend=backend)
     lengths = torch.tensor([3, 5, 1, 4])
     gen = torch.Generator().manual_seed(5)
     shape = (len(lengths), TIME, INPUT) if batch_first else (TIME, len(lengths), INPUT)
@@ -161,7 +171,7 @@ def test_lengths_equals_packing(kind, batch_first):
         return pad_packed_sequence(out, batch_first=batch_first, total_length=TIME)[0], hidden
 
     assert_same_as_torch(
-        ours, theirs, x, hx, [x, *_leaves(hx)], f"{kind} lengths",
+        ours, theirs, x, hx, [x, *_leaves(hx)], kind, "lengths",
         ours_call=lambda: ours(x, hx, lengths=lengths), theirs_call=theirs_padded,
     )
 
@@ -204,13 +214,14 @@ def test_state_dict_round_trip(kind, bias):
     assert max_abs(out_o, out_t) < TOL
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 # --------------------------------------------------------------------------- eval mode
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("gate_masks", ["shared", "per_gate"])
-def test_eval_mode_with_dropout_equals_torch(kind, gate_masks):
+def test_eval_mode_with_dropout_equals_torch(kind, gate_masks, backend):
     """In eval mode every dropout option is off: deterministic, equal to torch.nn (which also has dropout=0.5)."""
     ours, theirs = make_pair(
-        kind, INPUT, HIDDEN, num_layers=3, bidirectional=True, dropout=0.5,
+        kind, INPUT, HIDDEN, num_layers=3, bidirectional=True, dropout=0.5, backend=backend,
         ours_kwargs={"input_dropout": 0.4, "recurrent_dropout": 0.3, "gate_masks": gate_masks},
     )
     ours.eval()
@@ -221,7 +232,7 @@ def test_eval_mode_with_dropout_equals_torch(kind, gate_masks):
     first, _ = ours(x, hx)
     second, _ = ours(x, hx)
     assert torch.equal(first, second)
-    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], f"{kind} eval+dropout")
+    assert_same_as_torch(ours, theirs, x, hx, [x, *_leaves(hx)], kind, "eval+dropout")
 
 
 # --------------------------------------------------------------------------- constructor signature
