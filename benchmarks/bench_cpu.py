@@ -1,0 +1,269 @@
+"""CPU benchmark: rnndrop's fused path against torch.nn and the usual ways of doing recurrent dropout.
+
+One command, everything side by side in one process::
+
+    .venv/bin/python benchmarks/bench_cpu.py            # full run (small, main, large configs)
+    .venv/bin/python benchmarks/bench_cpu.py --quick    # small config, fewer repeats
+
+For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures, float32:
+
+* ``torch.nn``            torch.nn.LSTM / GRU without dropout — the bar every ratio is taken to;
+* ``fused``               rnndrop, compiled kernel, no dropout;
+* ``fused+drop``          rnndrop, compiled kernel, input_dropout = recurrent_dropout = 0.25, shared masks;
+* ``fused+drop/gate``     the same with one mask per gate (Keras's layout);
+* ``reference+drop``      rnndrop's pure-torch reference loop with the same dropout;
+* ``cell loop+drop``      a plain Python loop over torch.nn.LSTMCell / GRUCell with time-locked masks
+                          on x and h (what PyTorch users write today).
+
+Times: one *training step* (forward, ``sum`` loss, backward; gradients reset to None) and one
+*inference* call (forward under ``torch.no_grad``; torch.nn and ``fused`` in eval mode, dropout
+variants in training mode, i.e. Monte-Carlo dropout). Every variant is warmed up, then the
+variants run interleaved round after round and each reports the median of its rounds.
+
+Peak memory of a training step, per variant: the growth of the process's resident set during
+one step, read from Linux's ``VmHWM`` after resetting it (``/proc/self/clear_refs`` = 5) and
+returning free heap pages first (``malloc_trim``). This counts every allocation, torch's and
+MKL's/oneDNN's alike; ``tracemalloc`` would see none of them. It is a per-process figure, so it
+includes the step's transient buffers, and pages glibc keeps cached from earlier variants can
+hide some growth: each variant is measured twice and the larger figure kept.
+
+Results: a table on stdout and a JSON file (``--json``), with the machine, thread count, torch
+version, date and whether ``GLIBC_TUNABLES`` was set (glibc's default malloc returns large
+blocks to the OS on free, so every step page-faults them back in; see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import rnndrop
+
+CONFIGS: dict[str, tuple[int, int, int, int]] = {
+    "small": (32, 50, 32, 128),
+    "main": (64, 100, 64, 256),
+    "large": (16, 200, 128, 512),
+    "tiny": (4, 6, 3, 8),  # for the smoke test only
+}
+P = 0.25
+
+
+class CellLoop(nn.Module):
+    """The usual hand-written recurrent dropout: a Python loop over an nn cell, time-locked masks."""
+
+    def __init__(self, mode: str, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.mode = mode
+        self.cell = (nn.LSTMCell if mode == "LSTM" else nn.GRUCell)(input_size, hidden)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, b, _ = x.shape
+        keep = 1.0 - P
+        m_in = torch.empty(b, x.shape[2]).bernoulli_(keep) / keep
+        m_h = torch.empty(b, self.hidden).bernoulli_(keep) / keep
+        h = x.new_zeros(b, self.hidden)
+        c = x.new_zeros(b, self.hidden)
+        outs = []
+        for step in range(t):
+            if self.mode == "LSTM":
+                h, c = self.cell(x[step] * m_in, (h * m_h, c))
+            else:
+                h = self.cell(x[step] * m_in, h * m_h)
+            outs.append(h)
+        return torch.stack(outs)
+
+
+def variants(mode: str, input_size: int, hidden: int) -> dict[str, tuple[nn.Module, str | None]]:
+    """name -> (module, expected rnndrop backend or None)."""
+    torch_cls = nn.LSTM if mode == "LSTM" else nn.GRU
+    ours = rnndrop.LSTM if mode == "LSTM" else rnndrop.GRU
+    drop = {"input_dropout": P, "recurrent_dropout": P}
+    return {
+        "torch.nn": (torch_cls(input_size, hidden), None),
+        "fused": (ours(input_size, hidden, backend="fused"), "fused"),
+        "fused+drop": (ours(input_size, hidden, backend="fused", **drop), "fused"),
+        "fused+drop/gate": (ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop), "fused"),
+        "reference+drop": (ours(input_size, hidden, backend="reference", **drop), "reference"),
+        "cell loop+drop": (CellLoop(mode, input_size, hidden), None),
+    }
+
+
+def _first(out: object) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
+
+
+def train_step(module: nn.Module, x: torch.Tensor) -> None:
+    module.train()
+    for p in module.parameters():
+        p.grad = None
+    _first(module(x)).sum().backward()
+
+
+def infer_step(name: str, module: nn.Module, x: torch.Tensor) -> None:
+    module.train("drop" in name)  # dropout variants: Monte-Carlo dropout; others eval
+    with torch.no_grad():
+        module(x)
+
+
+_libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_rss_growth_mib(fn: Callable[[], None]) -> float | None:
+    """RSS high-water growth during ``fn`` in MiB (method: module docstring); None off Linux."""
+    if _libc is None or not Path("/proc/self/clear_refs").exists():
+        return None
+    gc.collect()
+    _libc.malloc_trim(0)
+    base = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024.0
+
+
+def bench_config(cfg_name: str, mode: str, repeats: int, warmup: int, with_memory: bool) -> dict[str, dict]:
+    batch, steps, input_size, hidden = CONFIGS[cfg_name]
+    torch.manual_seed(0)
+    mods = variants(mode, input_size, hidden)
+    x = torch.randn(steps, batch, input_size)
+    runs: dict[str, dict[str, Callable[[], None]]] = {}
+    for name, (module, _) in mods.items():
+        runs[name] = {
+            "train": (lambda m=module: train_step(m, x)),
+            "infer": (lambda m=module, n=name: infer_step(n, m, x)),
+        }
+    # Check the backend really used before timing anything (a silent fallback would fake the figures).
+    for name, (module, expected) in mods.items():
+        runs[name]["train"]()
+        if expected is not None:
+            assert module.last_backend == expected, f"{name} ran {module.last_backend}: {module.last_backend_reason}"
+    times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in mods}
+    for kind in ("train", "infer"):
+        for _ in range(warmup):
+            for name in mods:
+                runs[name][kind]()
+        for _ in range(repeats):
+            for name in mods:
+                start = time.perf_counter()
+                runs[name][kind]()
+                times[name][kind].append(time.perf_counter() - start)
+    result: dict[str, dict] = {}
+    for name in mods:
+        entry = {k: statistics.median(v) * 1e3 for k, v in times[name].items()}
+        entry["train_runs_ms"] = [t * 1e3 for t in times[name]["train"]]
+        entry["infer_runs_ms"] = [t * 1e3 for t in times[name]["infer"]]
+        if with_memory:
+            figures = [peak_rss_growth_mib(runs[name]["train"]) for _ in range(2)]
+            entry["peak_mib"] = None if None in figures else max(figures)  # type: ignore[type-var]
+        result[name] = entry
+    return result
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
+    header = (f"{'config':<7} {'cell':<5} {'variant':<16} {'train ms':>9} {'ratio':>6} "
+              f"{'infer ms':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for cfg_name, by_mode in results.items():
+        for mode, by_variant in by_mode.items():
+            bar = by_variant["torch.nn"]
+            for name, e in by_variant.items():
+                mem = e.get("peak_mib")
+                bar_mem = bar.get("peak_mib")
+                mem_s = f"{mem:9.1f}" if mem is not None else f"{'-':>9}"
+                mem_r = f"{mem / bar_mem:6.2f}" if mem is not None and bar_mem else f"{'-':>6}"
+                print(
+                    f"{cfg_name:<7} {mode:<5} {name:<16} {e['train']:9.2f} {e['train'] / bar['train']:6.2f} "
+                    f"{e['infer']:9.2f} {e['infer'] / bar['infer']:6.2f} {mem_s} {mem_r}"
+                )
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config only, 3 rounds (a smoke run)")
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS), help="configs to run (repeatable)")
+    parser.add_argument("--cell", action="append", choices=["LSTM", "GRU"], help="cells to run (repeatable)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default 15, quick 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per variant first")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results/bench_cpu[_quick].json)")
+    args = parser.parse_args(argv)
+    configs = args.config or (["small"] if args.quick else ["small", "main", "large"])
+    cells = args.cell or ["LSTM", "GRU"]
+    repeats = args.repeats or (3 if args.quick else 15)
+    default_name = "bench_cpu_quick.json" if args.quick else "bench_cpu.json"
+    out_path = args.json or Path(__file__).parent / "results" / default_name
+
+    info = machine()
+    print(f"rnndrop CPU benchmark, {dt.datetime.now().isoformat(timespec='seconds')}; {info}")
+    results: dict[str, dict[str, dict[str, dict]]] = {}
+    for cfg_name in configs:
+        for mode in cells:
+            start = time.perf_counter()
+            results.setdefault(cfg_name, {})[mode] = bench_config(
+                cfg_name, mode, repeats, args.warmup, not args.no_memory
+            )
+            print(f"  {cfg_name} {mode}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print_table(results)
+    payload = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": info,
+        "configs": {k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
+        "repeats": repeats,
+        "warmup": args.warmup,
+        "dropout": P,
+        "results": results,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The benchmark script runs end to end (tiny config, one round) and writes complete JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cpu.py"
+
+
+def test_bench_cpu_tiny_run(kernel, tmp_path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_cpu", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", "tiny", "--repeats", "2", "--warmup", "0", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    variants = {"torch.nn", "fused", "fused+drop", "fused+drop/gate", "reference+drop", "cell loop+drop"}
+    for cell in ("LSTM", "GRU"):
+        entry = data["results"]["tiny"][cell]
+        assert set(entry) == variants
+        for v in entry.values():
+            assert v["train"] > 0 and v["infer"] > 0 and len(v["train_runs_ms"]) == 2
+            assert v["peak_mib"] is None or v["peak_mib"] >= 0
+    assert "torch.nn" in capsys.readouterr().out  # the table was printed
