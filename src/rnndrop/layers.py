@@ -10,6 +10,7 @@ Shape legend: ``N`` batch, ``L`` sequence length, ``D`` 2 if bidirectional else 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._kernels import BACKENDS, select_direction_fn
+from ._pickling import GeneratorPicklingMixin
 from .activations import resolve_activation
 from .cells import NUM_GATES
 from .errors import RnnDropTypeError, RnnDropValueError
@@ -125,6 +127,12 @@ def _refuse_random_masks_in_export(layer: nn.Module) -> None:
         )
 
 
+@torch.compiler.disable
+def _sample_outside_graph(spec: MaskSpec, batch: int, time: int, **kwargs: Any) -> DropoutMasks:
+    """``spec.sample`` run eagerly even inside ``torch.compile`` (for a user's ``torch.Generator``)."""
+    return spec.sample(batch, time, **kwargs)
+
+
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RnnDropTypeError(f"{argument} must be an int >= {minimum}, got {type(value).__name__}")
@@ -133,7 +141,7 @@ def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
     return value
 
 
-class RecurrentBase(nn.Module):
+class RecurrentBase(GeneratorPicklingMixin, nn.Module):
     """Shared implementation of :class:`LSTM`, :class:`GRU` and :class:`RNN` (like torch's RNNBase)."""
 
     mode: str
@@ -457,7 +465,10 @@ class RecurrentBase(nn.Module):
             if not spec.is_empty():
                 _refuse_random_masks_in_export(self)
             gen = generator or self.generator
-            masks = None if spec.is_empty() else spec.sample(batch, time, dtype=x.dtype, device=x.device, generator=gen)
+            # torch.compile cannot trace a torch.Generator (torch 2.13): drawing every mask in one eager call
+            # costs one graph break instead of one per mask. Without a generator, sampling stays in the graph.
+            sample = spec.sample if gen is None else functools.partial(_sample_outside_graph, spec)
+            masks = None if spec.is_empty() else sample(batch, time, dtype=x.dtype, device=x.device, generator=gen)
         else:
             masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 
