@@ -68,18 +68,14 @@ def masks_per_sample(module: nn.Module) -> bool:
     """True when ``module`` draws independent noise for every row of the batch.
 
     Only then is a batch repeated ``k`` times equivalent to ``k`` separate passes. A module may
-    declare it with a ``masks_per_sample`` attribute (rnndrop's dropout modules do). rnndrop's
-    recurrent layers share noise across the batch with ``weight_dropout > 0`` (one weight mask
-    per call) or ``mask_scope="batch"``. Unknown modules count as sharing (the safe answer).
+    declare it with a ``masks_per_sample`` attribute (rnndrop's dropout modules and recurrent
+    layers do: the latter share noise across the batch with ``weight_dropout > 0`` or
+    ``mask_scope="batch"``). Unknown modules count as sharing (the safe answer).
     """
     declared = getattr(module, "masks_per_sample", None)
     if isinstance(declared, bool):
         return declared
-    if isinstance(module, (*TORCH_DROPOUT_TYPES, nn.RNNBase)):
-        return True
-    if isinstance(module, RecurrentBase):
-        return getattr(module, "weight_dropout", 0.0) == 0.0 and getattr(module, "mask_scope", "sample") == "sample"
-    return False
+    return isinstance(module, (*TORCH_DROPOUT_TYPES, nn.RNNBase))
 
 
 def _select(model: nn.Module, include: ModulePredicate | None) -> list[nn.Module]:

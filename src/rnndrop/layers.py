@@ -85,7 +85,8 @@ _DOC_FORWARD = """
                 True = real step. Any pattern is allowed (left/right padding, holes, empty rows);
                 at a masked step all states are carried over and the output repeats the previous
                 output (zeros if ``zero_output_for_mask``).
-            lengths: ``(N,)`` integer lengths in ``[0, L]`` of right-padded sequences; equivalent to
+            lengths: ``(N,)`` integer lengths in ``[0, L]`` (a number for unbatched input) of right-padded
+                sequences; equivalent to
                 packing: outputs past a sequence's length are zeros and the final state is the
                 state at its last real step.
             dropout_masks: pre-sampled :class:`~rnndrop.DropoutMasks` to use instead of sampling
@@ -323,6 +324,15 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             locked_between=self.locked_dropout,
         )
 
+    @property
+    def masks_per_sample(self) -> bool:
+        """True when every sequence of a batch gets its own noise (no batch-shared mask).
+
+        False with ``weight_dropout`` (one weight mask per call) or ``mask_scope="batch"``. Monte-Carlo
+        inference uses this to know whether repeating a batch equals separate stochastic passes.
+        """
+        return self.weight_dropout == 0.0 and self.mask_scope == "sample"
+
     def sample_masks(
         self, batch: int, time: int, *, generator: torch.Generator | None = None
     ) -> DropoutMasks:
@@ -454,7 +464,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         elif step_mask is not None:
             steps = self._check_step_mask(step_mask, batch, time, batched, x.device)
         elif lengths is not None:
-            steps = self._check_lengths(lengths, batch, time, x.device)
+            steps = self._check_lengths(lengths, batch, time, batched, x.device)
             zero_masked = True
 
         spec = self.mask_spec
@@ -529,12 +539,15 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         return m.to(device).transpose(0, 1)
 
     @staticmethod
-    def _check_lengths(lengths: Any, batch: int, time: int, device: torch.device) -> torch.Tensor:
+    def _check_lengths(lengths: Any, batch: int, time: int, batched: bool, device: torch.device) -> torch.Tensor:
         lengths = torch.as_tensor(lengths)
         if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
             raise RnnDropTypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if not batched and lengths.dim() == 0:  # one unbatched sequence: a plain number is natural
+            lengths = lengths.reshape(1)
         if tuple(lengths.shape) != (batch,):
-            raise RnnDropValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+            want = f"({batch},)" if batched else "() or (1,) for unbatched input"
+            raise RnnDropValueError(f"lengths must have shape {want}, got {tuple(lengths.shape)}")
         if batch and (int(lengths.min()) < 0 or int(lengths.max()) > time):
             raise RnnDropValueError(
                 f"lengths must lie in [0, {time}] (the sequence length), got min {int(lengths.min())} "

@@ -223,3 +223,18 @@ def test_all_options_compose_gradcheck(cls, extra):
         return out
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+
+
+def test_masks_per_sample_declares_batch_shared_noise():
+    assert rnndrop.LSTM(3, 4, recurrent_dropout=0.2).masks_per_sample
+    assert not rnndrop.LSTM(3, 4, weight_dropout=0.2).masks_per_sample
+    assert not rnndrop.GRU(3, 4, input_dropout=0.2, mask_scope="batch").masks_per_sample
+
+
+def test_unbatched_lengths_may_be_a_number():
+    layer = rnndrop.GRU(3, 4, dtype=F64)
+    x = torch.randn(6, 3, dtype=F64)
+    out, h = layer(x, lengths=4)
+    ref, h_ref = layer(x[:4])
+    assert torch.equal(out[4:], torch.zeros(2, 4, dtype=F64))
+    assert torch.allclose(out[:4], ref, atol=1e-14) and torch.allclose(h, h_ref, atol=1e-14)
