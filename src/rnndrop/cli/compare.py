@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
         help="train one RNN under every dropout strategy on real data and compare them",
-        description=__doc__.splitlines()[0],
+        description="Which dropout should my RNN use? Train the same model under each strategy and see.",
         epilog="Strategies: " + ", ".join(s.name for s in STRATEGIES) + " (see --list-strategies).",
     )
     src = p.add_argument_group("data (default: the bundled JapaneseVowels set)")

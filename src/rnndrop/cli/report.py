@@ -154,8 +154,11 @@ def recommendation(
             f"{_row(rows, baseline)[f'{metric}_mean']:.3f}); run --seeds 3 or more."
         )
 
+    def num(x: float) -> str:
+        return f"{x:+.3f}" if abs(x) >= 5e-4 or x == 0 else f"{x:+.1e}"  # keep the sign of a bound near 0
+
     def span(c: dict[str, Any]) -> str:
-        return f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+        return f"[{num(c['low'])}, {num(c['high'])}]"
 
     better = [comps[r["strategy"]] for r in others if "low" in comps[r["strategy"]]
               and min(sign * comps[r["strategy"]]["low"], sign * comps[r["strategy"]]["high"]) > 0]
@@ -165,13 +168,14 @@ def recommendation(
         top = max(better, key=lambda c: sign * c["difference"])
         also = [c["strategy"] for c in better if c is not top]
         return (
-            f"Use {top['strategy']}: {label} {top['difference']:+.3f} against no dropout "
-            f"(interval {span(top)}, {level})" + (f"; also better: {', '.join(also)}" if also else "") + "."
+            f"Dropout helps here: {top['strategy']} beats no dropout by {num(top['difference'])} {label} "
+            f"(interval {span(top)}, {level})" + (f"; also better: {', '.join(also)}" if also else "")
+            + ". Strategies are not ranked against each other."
         )
     tail = f"; measurably worse: {', '.join(c['strategy'] for c in worse)}" if worse else ""
     return (
         f"No strategy is measurably better than no dropout on this data: the best, {best['strategy']}, "
-        f"differs in {label} by {c['difference']:+.3f} (interval {span(c)} includes 0; {level}){tail}. "
+        f"differs in {label} by {num(c['difference'])} (interval {span(c)} includes 0; {level}){tail}. "
         "More seeds (--seeds) narrow the intervals."
     )
 
