@@ -36,7 +36,7 @@ $(VENV)/.installed-cli: pyproject.toml $(VENV)/.installed-base
 	$(PIP) install -e ".[cli]" "$(TORCH_PIN)"
 	touch $@
 
-demo: $(VENV)/.installed-cli
+demo: $(VENV)/.installed-cli kernels
 	$(BIN)/rnndrop compare
 
 lint: install-test
