@@ -270,10 +270,12 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
 
     @property
     def num_directions(self) -> int:
+        """2 if bidirectional, else 1 (``D`` in the shapes)."""
         return 2 if self.bidirectional else 1
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters grouped per layer and direction, in torch.nn's order (as ``nn.LSTM.all_weights``)."""
         per = len(self._flat_weights_names) // (self.num_layers * self.num_directions)
         names = self._flat_weights_names
         return [[getattr(self, n) for n in names[i : i + per]] for i in range(0, len(names), per)]
@@ -298,6 +300,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
 
     @property
     def cell_config(self) -> CellConfig:
+        """The cell kind and activations the sequence loop runs (hashable; no tensors)."""
         return CellConfig(self.mode, self.activation, self.recurrent_activation, self.reset_after)
 
     @property
@@ -731,6 +734,7 @@ class RNN(RecurrentBase):
 
     @property
     def nonlinearity(self) -> str:
+        """torch.nn's name for the activation ``φ`` (``"tanh"``, ``"relu"`` or any rnndrop activation name)."""
         return self.activation
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
