@@ -174,6 +174,8 @@ def test_user_npz_and_unavailable_strategies(tmp_path, capsys):
         (["--rates", "zoneout"], "expected NAME=P"),
         (["--seeds", "0"], "--seeds must be >= 1"),
         (["--dataset", "fashion-mnist"], "needs --data-dir"),
+        (["--data-dir", "/nowhere"], "--data-dir is for --dataset fashion-mnist"),
+        (["--data", "x.npz", "--text", "y.txt"], "exclude each other"),
     ],
 )
 def test_usage_errors(tmp_path, capsys, extra, message):

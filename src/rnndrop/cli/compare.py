@@ -164,6 +164,10 @@ def _load_task(args: argparse.Namespace) -> Task:
 
     if sum(x is not None for x in (args.data, args.text, args.data_dir)) > 1:
         raise UsageError("--data, --text and --data-dir exclude each other")
+    if args.data_dir and args.dataset != "fashion-mnist":
+        raise UsageError("--data-dir is for --dataset fashion-mnist")
+    if args.dataset != "japanese-vowels" and (args.data or args.text):
+        raise UsageError(f"--dataset {args.dataset} and --data / --text exclude each other")
     if args.text:
         if args.seq_len < 2:
             raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
@@ -175,19 +179,8 @@ def _load_task(args: argparse.Namespace) -> Task:
             raise UsageError("--train-limit / --test-limit do not apply to --text; use --max-chars")
         return data.load_text(args.text, args.seq_len, max_chars=args.max_chars)
     elif args.data:
-        if args.data_dir:
-            raise UsageError("--data and --data-dir exclude each other")
-        path = Path(args.data)
-        if not path.exists():
-            raise DataError(f"--data {path}: no such file")
-        suffix = path.suffix.lower()
-        if suffix == ".npz":
-            task = data.load_npz(path, test_fraction=args.test_fraction)
-        elif suffix == ".csv":
-            task = data.load_csv(path, id_column=args.id_col, time_column=args.time_col,
-                                 label_column=args.label_col, test_fraction=args.test_fraction)
-        else:
-            raise DataError(f"--data {path}: expected a .npz or .csv file, got {suffix or 'no suffix'!r}")
+        task = data.load_user_data(args.data, test_fraction=args.test_fraction, id_column=args.id_col,
+                                   time_column=args.time_col, label_column=args.label_col)
     elif args.dataset == "fashion-mnist":
         if not args.data_dir:
             raise UsageError("--dataset fashion-mnist needs --data-dir (e.g. /usr/share/datasets/fashion-mnist "

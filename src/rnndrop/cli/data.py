@@ -521,16 +521,24 @@ def load_fashion_mnist(data_dir: str | Path, train_limit: int | None = None, tes
     return Task("Fashion-MNIST (sequential)", parts["train"], parts["test"], FASHION_CLASSES, str(data_dir))
 
 
-def load_user_data(path: str | Path, **csv_options: str) -> Task:
-    """Dispatch on the suffix: ``.npz`` or ``.csv``."""
+def load_user_data(
+    path: str | Path,
+    *,
+    test_fraction: float = 0.3,
+    id_column: str = "sequence",
+    time_column: str = "time",
+    label_column: str = "label",
+) -> Task:
+    """Load ``--data PATH``: a ``.npz`` or a long-format ``.csv`` (formats: module docstring)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"--data {path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, test_fraction=test_fraction)
     if suffix == ".csv":
-        return load_csv(path, **csv_options)  # type: ignore[arg-type]
+        return load_csv(path, id_column=id_column, time_column=time_column, label_column=label_column,
+                        test_fraction=test_fraction)
     raise DataError(f"--data {path}: expected a .npz or .csv file, got {suffix or 'no suffix'!r}")
 
 
