@@ -235,7 +235,8 @@ def train_run(
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
         "best_val_loss": best_loss,
-        "best_val_accuracy": history["val_accuracy"][best_epoch - 1],
+        # best_epoch 0: the validation loss was never finite (diverged); the initial weights were kept
+        "best_val_accuracy": history["val_accuracy"][best_epoch - 1] if best_epoch else None,
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "backend": backend[0] if backend else None,
