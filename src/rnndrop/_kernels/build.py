@@ -54,7 +54,15 @@ def build(verbose: bool = False, force: bool = False) -> Path:
     )
     if not path.is_file():
         raise RuntimeError(f"the build finished but {path} is missing")
+    _remove_stale_builds(path.parent)
     return path
+
+
+def _remove_stale_builds(current: Path) -> None:
+    # Builds for other tags (older sources, another torch) can never load again from here.
+    for d in current.parent.iterdir():
+        if d != current and d.is_dir() and len(d.name) == 16 and all(c in "0123456789abcdef" for c in d.name):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

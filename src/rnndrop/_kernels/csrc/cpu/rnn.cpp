@@ -33,7 +33,16 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstring>
+#include <map>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define RNNDROP_MICROKERNEL 1
+#else
+#define RNNDROP_MICROKERNEL 0
+#endif
 
 namespace rnndrop {
 
@@ -104,12 +113,124 @@ Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t ld) {
   return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// out (rows, n) contiguous <- a (rows, k; row stride lda) @ b, b any (k, n) tensor view.
+// ---------------------------------------------------------------- the per-step matmul
+//
+// Every per-step product is C (rows, N) = A (rows, K; row stride lda) @ B (K, N) with B a block of
+// W_hh (transposed in the forward). For float32 on AVX-512 B is packed once per call into
+// zero-padded panels of 64 columns, panel-major ([panel][k][64]), and a register-blocked
+// micro-kernel computes 6 x 64 tiles (24 zmm accumulators; B streams from L1/L2, A is broadcast).
+// The batch block of one thread is small (M = 8..32 rows), where BLAS runs well below peak
+// and pays a call overhead every step. Other dtypes / ISAs use at::mm on a view of W.
+
+constexpr int64_t kPanel = 64;  // columns per packed panel (4 zmm)
+constexpr int64_t kRows = 6;    // rows per micro-tile
+
 template <typename T>
-void mm_into(T* out, const T* a, int64_t rows, int64_t k, int64_t lda, const Tensor& b) {
+struct Operand {
+  Tensor mat;     // (K, N) view of W_hh (for at::mm)
+  Tensor packed;  // (ceil(N/64) * K * 64) panels, or undefined
+  int64_t K = 0, N = 0;
+};
+
+#if RNNDROP_MICROKERNEL
+template <int MR>
+inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const float* __restrict bp,
+                       float* __restrict c, int64_t ldc, int64_t ncols) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = bp + k * kPanel;
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    const __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = ncols - v * 16;
+      if (left >= 16) {
+        _mm512_storeu_ps(cr + v * 16, acc[r][v]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(cr + v * 16, static_cast<__mmask16>((1u << left) - 1u), acc[r][v]);
+      }
+    }
+  }
+}
+
+inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, const Operand<float>& b) {
+  const int64_t K = b.K, N = b.N, panels = (N + kPanel - 1) / kPanel;
+  const float* packed = b.packed.data_ptr<float>();
+  // Panel-outer: one panel of B (K x 64) is reused by every row tile while it is in L2.
+  for (int64_t p = 0; p < panels; ++p) {
+    const float* bp = packed + p * K * kPanel;
+    const int64_t ncols = std::min(kPanel, N - p * kPanel);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const float* ar = a + r0 * lda;
+      float* cr = c + r0 * N + p * kPanel;
+      switch (std::min(kRows, rows - r0)) {
+        case 6: micro_tile<6>(K, ar, lda, bp, cr, N, ncols); break;
+        case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;
+        case 4: micro_tile<4>(K, ar, lda, bp, cr, N, ncols); break;
+        case 3: micro_tile<3>(K, ar, lda, bp, cr, N, ncols); break;
+        case 2: micro_tile<2>(K, ar, lda, bp, cr, N, ncols); break;
+        default: micro_tile<1>(K, ar, lda, bp, cr, N, ncols); break;
+      }
+    }
+  }
+}
+#endif
+
+// Pack mat (K, N), any strides, into zero-padded panel-major form.
+inline Tensor pack_panels(const Tensor& mat) {
+  const int64_t K = mat.size(0), N = mat.size(1), panels = (N + kPanel - 1) / kPanel;
+  Tensor out = at::zeros({panels * K * kPanel}, mat.options());
+  float* o = out.data_ptr<float>();
+  const float* m = mat.data_ptr<float>();
+  const int64_t sk = mat.stride(0), sn = mat.stride(1);
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n)
+      for (int64_t k = 0; k < K; ++k) o[(p * K + k) * kPanel + (n - p * kPanel)] = m[k * sk + n * sn];
+  return out;
+}
+
+template <typename T>
+Operand<T> make_operand(const Tensor& mat) {
+  Operand<T> op;
+  op.mat = mat;
+  op.K = mat.size(0);
+  op.N = mat.size(1);
+#if RNNDROP_MICROKERNEL
+  if constexpr (std::is_same_v<T, float>) op.packed = pack_panels(mat);
+#endif
+  return op;
+}
+
+// out (rows, N) contiguous <- a (rows, K; row stride lda) @ B.
+template <typename T>
+void mm_into(T* out, const T* a, int64_t rows, int64_t lda, const Operand<T>& b) {
   if (rows == 0) return;
-  Tensor o = view2d(out, rows, b.size(1), b.size(1));
-  at::mm_out(o, view2d(a, rows, k, lda), b);
+#if RNNDROP_MICROKERNEL
+  if constexpr (std::is_same_v<T, float>) {
+    if (b.packed.defined()) {
+      gemm_packed(out, a, rows, lda, b);
+      return;
+    }
+  }
+#endif
+  Tensor o = view2d(out, rows, b.N, b.N);
+  at::mm_out(o, view2d(a, rows, b.K, lda), b.mat);
 }
 
 // ---------------------------------------------------------------- problem description
@@ -127,8 +248,8 @@ struct Problem {
   const bool* steps;
   Tensor w;    // (GH, H)
   Tensor wT;   // (H, GH) view
-  std::vector<Tensor> wg;   // per gate (H, H) blocks of w
-  std::vector<Tensor> wgT;  // their transposed views
+  // Matmul operands by (transposed, first gate, gate count): prepared before the parallel region.
+  std::map<int64_t, Operand<T>> ops;
   T* out;
   T* S;
   T* C;
@@ -142,13 +263,24 @@ struct Problem {
   const T* hprev(int64_t s, int64_t b) const { return s == 0 ? h0 + b * H : state(s - 1, b); }
   const T* m(int64_t g, int64_t b) const { return mask + (g * B + b) * H; }
   bool keep(int64_t t, int64_t b) const { return steps == nullptr || steps[t * B + b]; }
+  static int64_t op_key(bool trans, int64_t g0, int64_t ng) { return (trans ? 256 : 0) + g0 * 16 + ng; }
+  const Operand<T>& op(bool trans, int64_t g0, int64_t ng) const { return ops.at(op_key(trans, g0, ng)); }
+  // Prepare the operands of the forward (trans: W_g^T) or backward (W_g) recurrent matmuls.
+  void prepare(bool trans) {
+    const bool gru_rb = mode == kGRU && !reset_after;
+    const int64_t ng = gru_rb ? 2 : G;
+    auto add = [&](int64_t g0, int64_t n) {
+      Tensor blk = (g0 == 0 && n == G) ? w : w.narrow(0, g0 * H, n * H);
+      ops.emplace(op_key(trans, g0, n), make_operand<T>(trans ? blk.t() : blk));
+    };
+    if (Gm == G && G > 1) {
+      for (int64_t g = 0; g < ng; ++g) add(g, 1);
+    } else {
+      add(0, ng);
+    }
+    if (gru_rb) add(2, 1);
+  }
 };
-
-// A row-major block of `ng` gates of W (rows [g0*H, (g0+ng)*H)), and its transpose.
-template <typename T>
-Tensor w_rows(const Problem<T>& P, int64_t g0, int64_t ng) {
-  return (g0 == 0 && ng == P.G) ? P.w : P.w.narrow(0, g0 * P.H, ng * P.H);
-}
 
 // gh <- (hprev * m_g) W_g^T for gates [g0, g0 + ng) of rows [b0, b0 + nb) at walk step s.
 // Layout of gh (gate k, row b at gh + k*gs + b*rs): one (nb, ng*H) matrix unless the mask is per
@@ -159,18 +291,18 @@ void recurrent_forward(const Problem<T>& P, int64_t s, int64_t b0, int64_t nb, i
   const int64_t H = P.H;
   const T* hp = P.hprev(s, b0);  // (nb, H) rows, row stride H
   if (P.Gm == 0) {
-    mm_into(gh, hp, nb, H, H, w_rows(P, g0, ng).t());
+    mm_into(gh, hp, nb, H, P.op(true, g0, ng));
     return;
   }
   if (P.Gm == 1) {
     for (int64_t b = 0; b < nb; ++b) mul_rows(hm + b * H, hp + b * H, P.m(0, b0 + b), H);
-    mm_into(gh, hm, nb, H, H, w_rows(P, g0, ng).t());
+    mm_into(gh, hm, nb, H, P.op(true, g0, ng));
     return;
   }
   for (int64_t g = g0; g < g0 + ng; ++g) {
     T* hmg = hm + (g - g0) * nb * H;
     for (int64_t b = 0; b < nb; ++b) mul_rows(hmg + b * H, hp + b * H, P.m(g, b0 + b), H);
-    mm_into(gh + (g - g0) * nb * H, hmg, nb, H, H, P.wg[g].t());
+    mm_into(gh + (g - g0) * nb * H, hmg, nb, H, P.op(true, g, 1));
   }
 }
 
@@ -183,10 +315,10 @@ void recurrent_backward(const Problem<T>& P, int64_t t, int64_t b0, int64_t nb, 
   const int64_t H = P.H, GH = P.GH;
   const T* a = src + (t * P.B + b0) * GH;
   if (P.Gm <= 1) {
-    mm_into(dhm, a + g0 * H, nb, ng * H, GH, w_rows(P, g0, ng));
+    mm_into(dhm, a + g0 * H, nb, GH, P.op(false, g0, ng));
     return;
   }
-  for (int64_t g = g0; g < g0 + ng; ++g) mm_into(dhm + (g - g0) * nb * H, a + g * H, nb, H, GH, P.wg[g]);
+  for (int64_t g = g0; g < g0 + ng; ++g) mm_into(dhm + (g - g0) * nb * H, a + g * H, nb, GH, P.op(false, g, 1));
 }
 
 // dst <- base + sum_g dhm_g * m_g for row b (base may be null): the gradient reaching h_{t-1}
@@ -311,7 +443,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
           for (int64_t j = 0; j < H; ++j) ub[j] = ga[j] * (hp[j] * mn[j]);
         }
       }
-      mm_into(ghn, u, nb, H, H, w_rows(P, 2, 1).t());
+      mm_into(ghn, u, nb, H, P.op(true, 2, 1));
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t bg = b0 + b;
         T* ga = ga_row(t, b);
@@ -507,7 +639,7 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
     }
     if (gru_rb) {
       // n's recurrent matmul ran on u = r * (h * m_n): its input gradient feeds r and h.
-      mm_into(du, D.dGI + (t * B + b0) * GH + 2 * H, nb, H, GH, w_rows(P, 2, 1));
+      mm_into(du, D.dGI + (t * B + b0) * GH + 2 * H, nb, GH, P.op(false, 2, 1));
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t bg = b0 + b;
         if (!P.keep(t, bg)) continue;
@@ -573,8 +705,6 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   // Detached: the per-step matmuls write into out= views, which autograd would refuse for a
   // weight that requires grad (grad mode is thread-local and on in the worker threads).
   P.w = w_hh.detach();
-  if (P.Gm == P.G && P.G > 1)
-    for (int64_t g = 0; g < P.G; ++g) P.wg.push_back(P.w.narrow(0, g * P.H, P.H));
   P.out = P.S = P.C = P.GA = P.GHN = nullptr;
   return P;
 }
@@ -630,6 +760,7 @@ std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnndrop_forward", [&] {
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh,
                                     rmask, steps);
+    P.prepare(true);
     P.out = out.data_ptr<scalar_t>();
     P.S = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
     P.C = C.defined() ? C.data_ptr<scalar_t>() : nullptr;
@@ -673,6 +804,7 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
     // dGI only carries the sizes here (P.gi is never read by the backward).
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, true, dGI, h0, c0, w_hh,
                                     c10::nullopt, rmask, steps);
+    P.prepare(false);
     P.out = const_cast<scalar_t*>(out.data_ptr<scalar_t>());
     P.S = (S && S->defined()) ? S->data_ptr<scalar_t>() : nullptr;
     P.C = (C && C->defined()) ? C->data_ptr<scalar_t>() : nullptr;
@@ -694,8 +826,10 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
 
   // Weight gradients: one matmul over all timesteps and rows per (masked) input.
   const int64_t Gm = rmask && rmask->defined() ? rmask->size(0) : 0;
-  Tensor prev = prev_states(h0, out, S, reverse);  // (T, B, H)
-  auto masked = [&](int64_t g) { return Gm == 0 ? prev : prev * rmask->select(0, g).unsqueeze(0); };
+  Tensor prev = prev_states(h0, out, S, reverse);  // (T, B, H), a fresh tensor
+  // A shared mask is applied in place (no second (T, B, H) buffer); per gate, one gate at a time.
+  if (Gm == 1) prev.mul_(rmask->select(0, 0).unsqueeze(0));
+  auto masked = [&](int64_t g) { return Gm <= 1 ? prev : prev * rmask->select(0, g).unsqueeze(0); };
   Tensor src = dGH.view({Tn * B, GH});
   Tensor dW = at::empty({GH, H}, opts);
   const bool gru_rb = mode == kGRU && !reset_after;
@@ -711,7 +845,7 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
   }
   if (gru_rb) {
     Tensor r = GA->narrow(2, 0, H);
-    Tensor u = r * (Gm == 0 ? prev : prev * rmask->select(0, Gm == 1 ? 0 : 2).unsqueeze(0));
+    Tensor u = r * (Gm <= 1 ? prev : prev * rmask->select(0, 2).unsqueeze(0));
     Tensor o = dW.narrow(0, 2 * H, H);
     at::mm_out(o, src.narrow(1, 2 * H, H).t(), u.reshape({Tn * B, H}));
   }
