@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from triton_support import triton_device  # noqa: F401  (the Triton tests' device fixture)
 
 from rnndrop._kernels import loader
 

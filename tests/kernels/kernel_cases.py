@@ -7,7 +7,7 @@ returns every output and gradient of both, so a test can compare them one by one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ class Case:
     with_h0: bool = True
     dtype: torch.dtype = torch.float64
     seed: int = 0
+    device: str = "cpu"  # everything is drawn on the CPU (same numbers everywhere), then moved here
 
 
 def _layer(case: Case, backend: str) -> rnndrop.RecurrentBase:
@@ -81,6 +82,15 @@ def _step_mask(case: Case, g: torch.Generator) -> tuple[dict[str, Any], torch.Te
     return {}, None
 
 
+def masks_to(masks: rnndrop.DropoutMasks, device: str) -> rnndrop.DropoutMasks:
+    """The same masks on ``device``."""
+    def move(m: rnndrop.DirectionMasks) -> rnndrop.DirectionMasks:
+        return replace(m, **{n: getattr(m, n).to(device) for n in m.active()})
+
+    layers = tuple(tuple(move(m) for m in layer) for layer in masks.layers)
+    return rnndrop.DropoutMasks(layers, tuple(None if t is None else t.to(device) for t in masks.between))
+
+
 def run_twins(case: Case) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
     """Run fused and reference on the same everything; return ``{"pairs": [(name, fused, ref), ...],
     "backends": ...}``."""
@@ -88,7 +98,9 @@ def run_twins(case: Case) -> dict[str, list[tuple[str, torch.Tensor, torch.Tenso
     g = torch.Generator().manual_seed(case.seed)
     fused, ref = _layer(case, "fused"), _layer(case, "reference")
     ref.load_state_dict(fused.state_dict())
-    masks = fused.sample_masks(case.batch, case.time, generator=g)
+    masks = masks_to(fused.sample_masks(case.batch, case.time, generator=g), case.device)
+    fused.to(case.device)
+    ref.to(case.device)
     b, t = case.batch, case.time
     shape = (b, t, case.input_size) if case.batch_first else (t, b, case.input_size)
     x = torch.randn(*shape, dtype=case.dtype, generator=g)
@@ -96,10 +108,11 @@ def run_twins(case: Case) -> dict[str, list[tuple[str, torch.Tensor, torch.Tenso
     states = [torch.randn(rows, b, case.hidden, dtype=case.dtype, generator=g) * 0.5
               for _ in range(2 if case.mode == "LSTM" else 1)]
     kwargs, packed_lengths = _step_mask(case, g)
+    kwargs = {k: v.to(case.device) for k, v in kwargs.items()}
     results = []
     for layer in (fused, ref):
-        xi = x.clone().requires_grad_()
-        hs = [s.clone().requires_grad_() for s in states]
+        xi = x.to(case.device).clone().requires_grad_()
+        hs = [s.to(case.device).clone().requires_grad_() for s in states]
         hx = None if not case.with_h0 else (tuple(hs) if case.mode == "LSTM" else hs[0])
         inp: Any = xi
         if packed_lengths is not None:
@@ -108,9 +121,9 @@ def run_twins(case: Case) -> dict[str, list[tuple[str, torch.Tensor, torch.Tenso
         out_t = out.data if packed_lengths is not None else out
         finals = list(hn) if case.mode == "LSTM" else [hn]
         gen = torch.Generator().manual_seed(case.seed + 1)
-        loss = (out_t * torch.randn(out_t.shape, dtype=case.dtype, generator=gen)).sum()
+        loss = (out_t * torch.randn(out_t.shape, dtype=case.dtype, generator=gen).to(case.device)).sum()
         for f in finals:
-            loss = loss + (f * torch.randn(f.shape, dtype=case.dtype, generator=gen)).sum()
+            loss = loss + (f * torch.randn(f.shape, dtype=case.dtype, generator=gen).to(case.device)).sum()
         loss.backward()
         tensors = [("output", out_t.detach())] + [(f"final{i}", f.detach()) for i, f in enumerate(finals)]
         tensors.append(("grad input", xi.grad))

@@ -22,9 +22,11 @@ import torch
 from ..errors import KernelUnavailableError
 from ..masks import DropoutMasks
 from ..reference import CellConfig, DirectionFn, DirectionParams, run_direction
-from . import loader
+from . import loader, triton_autograd
 from .autograd import ACTIVATION_CODES, fused_run_direction
+from .triton_autograd import triton_run_direction
 
+# "fused" asks for a compiled kernel, whichever serves the device (CPU extension, Triton on CUDA).
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
 
 _KNOWN_CELL_FIELDS = {"mode", "activation", "recurrent_activation", "reset_after"}
@@ -77,25 +79,19 @@ def _autocast_cpu() -> bool:
         return bool(torch.is_autocast_cpu_enabled())
 
 
-def cpu_ineligible(call: Call) -> str | None:
-    """``None`` if the compiled CPU kernel reproduces the reference for this call, else why not."""
-    reason = loader.unavailable_reason()
-    if reason is not None:
-        return reason
+def _kernel_ineligible(call: Call, kernel: str, dtypes: tuple[torch.dtype, ...]) -> str | None:
+    """The checks every compiled kernel shares: cells, activations, options, dtypes, one device."""
     cfg, x = call.cfg, call.x
     if cfg.mode not in ("LSTM", "GRU", "RNN"):
-        return f"mode {cfg.mode!r} has no fused kernel"
-    if x.device.type != "cpu":
-        return f"input is on {x.device}, the fused kernel is CPU only"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"dtype {x.dtype} is not supported by the fused kernel (float32, float64 are)"
+        return f"mode {cfg.mode!r} has no {kernel}"
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        return f"dtype {x.dtype} is not supported by the {kernel} ({names} are)"
     if cfg.activation not in ACTIVATION_CODES:
-        return f"activation {cfg.activation!r} is not implemented by the fused kernel ({sorted(ACTIVATION_CODES)} are)"
+        return f"activation {cfg.activation!r} is not implemented by the {kernel} ({sorted(ACTIVATION_CODES)} are)"
     if cfg.mode != "RNN" and cfg.recurrent_activation not in ACTIVATION_CODES:
-        return (f"recurrent_activation {cfg.recurrent_activation!r} is not implemented by the fused kernel "
+        return (f"recurrent_activation {cfg.recurrent_activation!r} is not implemented by the {kernel} "
                 f"({sorted(ACTIVATION_CODES)} are)")
-    if _autocast_cpu():
-        return "CPU autocast is on; mixed precision runs on the reference path"
     reason = _unknown_options(call)
     if reason is not None:
         return reason
@@ -116,18 +112,52 @@ def cpu_ineligible(call: Call) -> str | None:
                     tensors.append(t)
         tensors += [t for t in call.masks.between if t is not None]
     for t in tensors:
-        if t.device.type != "cpu":
-            return f"a parameter, state or mask is on {t.device}, the fused kernel is CPU only"
+        if t.device != x.device:
+            return f"a parameter, state or mask is on {t.device}, the input on {x.device}"
         if t.dtype != x.dtype:
             return f"a parameter, state or mask has dtype {t.dtype}, the input {x.dtype}"
-    if call.step_mask is not None and call.step_mask.device.type != "cpu":
-        return f"step_mask is on {call.step_mask.device}"
+    if call.step_mask is not None and call.step_mask.device != x.device:
+        return f"step_mask is on {call.step_mask.device}, the input on {x.device}"
     return None
 
 
-KERNELS: tuple[Kernel, ...] = (Kernel("fused", cpu_ineligible, fused_run_direction),)
+def cpu_ineligible(call: Call) -> str | None:
+    """``None`` if the compiled CPU kernel reproduces the reference for this call, else why not."""
+    reason = loader.unavailable_reason()
+    if reason is not None:
+        return reason
+    if call.x.device.type != "cpu":
+        return f"input is on {call.x.device}, the fused kernel is CPU only"
+    if _autocast_cpu():
+        return "CPU autocast is on; mixed precision runs on the reference path"
+    return _kernel_ineligible(call, "fused kernel", (torch.float32, torch.float64))
 
-_warned_unavailable = False
+
+def triton_ineligible(call: Call) -> str | None:
+    """``None`` if the Triton kernels reproduce the reference for this call, else why not.
+
+    CUDA tensors (float32 or float64 parameters; bf16/fp16 come from autocast, which this path
+    supports). CPU tensors only inside :func:`rnndrop._kernels.triton_autograd.cpu_interpreter`
+    under ``TRITON_INTERPRET=1`` (the tests); the default path on CPU stays the C++ extension.
+    """
+    device = call.x.device.type
+    if device == "cpu" and not triton_autograd.cpu_interpreter_enabled():
+        return "input is on cpu, the Triton kernel runs CUDA tensors"
+    if device not in ("cpu", "cuda"):
+        return f"input is on {call.x.device}, the Triton kernel runs CUDA tensors"
+    reason = triton_autograd.unavailable_reason(device)
+    if reason is not None:
+        return reason
+    return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64))
+
+
+KERNELS: tuple[Kernel, ...] = (
+    Kernel("fused", cpu_ineligible, fused_run_direction),
+    Kernel("triton", triton_ineligible, triton_run_direction),
+)
+
+_warned_unavailable = False  # the CPU extension is missing (CPU tensors)
+_warned_triton = False  # triton is missing or too old (CUDA tensors)
 
 
 def select_direction_fn(
@@ -146,7 +176,7 @@ def select_direction_fn(
     ``backend="fused"`` raises :class:`KernelUnavailableError` with the reason instead of falling
     back; ``"auto"`` falls back, warning once per process when the extension itself is missing.
     """
-    global _warned_unavailable
+    global _warned_unavailable, _warned_triton
     if backend == "reference":
         return run_direction, "reference", None
     call = Call(cfg, x, init_states, params, masks, step_mask)
@@ -159,11 +189,19 @@ def select_direction_fn(
     why = "; ".join(reasons)
     if backend == "fused":
         raise KernelUnavailableError(f"backend='fused' cannot run this call: {why}")
-    if loader.unavailable_reason() is not None and not _warned_unavailable:
+    # One warning per process when the implementation for the input's device is missing altogether
+    # (not for calls a present kernel merely does not support: their reason is in last_backend_reason).
+    if x.device.type == "cpu" and loader.unavailable_reason() is not None and not _warned_unavailable:
         _warned_unavailable = True
         warnings.warn(
             f"rnndrop: using the slower reference path because {loader.unavailable_reason()}",
             RuntimeWarning,
             stacklevel=4,
         )
+    if x.device.type == "cuda" and not _warned_triton:
+        missing = triton_autograd.unavailable_reason("cuda")
+        if missing is not None:
+            _warned_triton = True
+            warnings.warn(f"rnndrop: using the slower reference path on CUDA because {missing}",
+                          RuntimeWarning, stacklevel=4)
     return run_direction, "reference", why
