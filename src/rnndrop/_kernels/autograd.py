@@ -2,9 +2,9 @@
 
 :func:`fused_run_direction` has the signature of :func:`rnndrop.reference.run_direction`.
 The input projection of all timesteps (with the input mask, shared or per gate) is one matmul
-done here with ordinary torch ops (:func:`rnndrop.cells.input_projection`, the very function the
-reference uses), so autograd derives ``dx``, ``dW_ih`` and ``db_ih`` from one matmul each after
-the loop. The recurrence — per step only the recurrent matmul and fused element-wise work —
+per mask gate before the loop (:class:`MaskedProjection`, the maths of
+:func:`rnndrop.cells.input_projection`), and its gradients ``dx``, ``dW_ih``, ``db_ih`` one matmul
+each after the loop. The recurrence — per step only the recurrent matmul and fused element-wise work —
 runs in the compiled extension, forward and a hand-derived backward; it saves only the
 activated gates (and the LSTM cell states, the GRU's ``W_hn h + b_hn``), never a per-step graph.
 
@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..cells import input_projection
 from ..masks import DirectionMasks
 from ..reference import CellConfig, DirectionParams, State
 from . import loader
@@ -55,6 +54,63 @@ def refuse_double_backward(kernel: str) -> None:
             f"rnndrop's {kernel} does not support double backward (create_graph=True); "
             "construct the layer with backend='reference' for higher-order gradients"
         )
+
+
+class MaskedProjection(torch.autograd.Function):
+    """``gi = dropout(x) W_ih^T + b_ih`` for all timesteps, saving only ``x`` and the mask.
+
+    ``x`` ``(T, B, I)``; ``mask`` ``None``, ``(1, B, I)`` (shared) or ``(G, B, I)`` (per gate);
+    returns ``(T, B, G*H)``. Each mask gate's block is one ``addmm`` (bias fused) written straight
+    into its columns of ``gi``. Autograd of :func:`rnndrop.cells.input_projection` would keep
+    ``x * m_g`` for every gate and, per gate, let ``einsum`` copy ``gi`` and its gradient into
+    another layout; here ``x * m_g`` is recomputed in the backward, one gate at a time, and the
+    gradients are one matmul each over all timesteps.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        t, b, i = x.shape
+        gh = w_ih.shape[0]
+        blocks = 1 if mask is None else mask.shape[0]
+        width = gh // blocks
+        gi = torch.empty(t * b, gh, dtype=x.dtype, device=x.device)
+        x2 = x.reshape(t * b, i)
+        for g in range(blocks):
+            cols = slice(g * width, (g + 1) * width)
+            xm = x2 if mask is None else (x * mask[g]).reshape(t * b, i)
+            if b_ih is None:
+                torch.mm(xm, w_ih[cols].t(), out=gi[:, cols])
+            else:
+                torch.addmm(b_ih[cols], xm, w_ih[cols].t(), out=gi[:, cols])
+        ctx.save_for_backward(x, w_ih, mask)
+        ctx.has_bias = b_ih is not None
+        return gi.view(t, b, gh)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dgi: torch.Tensor):  # type: ignore[override]
+        x, w_ih, mask = ctx.saved_tensors
+        t, b, i = x.shape
+        gh = w_ih.shape[0]
+        blocks = 1 if mask is None else mask.shape[0]
+        width = gh // blocks
+        d2 = dgi.reshape(t * b, gh)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = torch.zeros_like(x) if need_x else None
+        dw = torch.empty_like(w_ih) if need_w else None
+        for g in range(blocks):
+            cols = slice(g * width, (g + 1) * width)
+            dg = d2[:, cols]
+            if need_w:
+                xm = x.reshape(t * b, i) if mask is None else (x * mask[g]).reshape(t * b, i)
+                torch.mm(dg.t(), xm, out=dw[cols])
+            if need_x:
+                dxm = (dg @ w_ih[cols]).view(t, b, i)
+                dx += dxm if mask is None else dxm * mask[g]
+        db = d2.sum(0) if need_b and ctx.has_bias else None
+        return dx, dw, db, None
 
 
 class FusedDirection(torch.autograd.Function):
@@ -131,14 +187,17 @@ def prepare_direction(
 ) -> tuple[DirectionTensors, KernelOptions, bool]:
     """What every compiled recurrence (CPU extension, Triton) takes, from a ``run_direction`` call.
 
-    Runs the input projection of all timesteps (one matmul, the reference's own function, so
-    autograd owns ``dx``, ``dW_ih``, ``db_ih``) and returns
+    Runs the input projection of all timesteps (:class:`MaskedProjection`: one matmul per mask
+    gate, its gradients one matmul each) and returns
     ``((gi, h0, c0, w_hh, b_hh, rmask, steps), options, save)``: ``gi`` ``(T, B, G*H)``, ``h0``/``c0``
     ``(B, H)`` (``c0`` None unless LSTM), ``rmask`` ``(G_m, B, H)`` expanded to the batch or None,
     ``steps`` ``(T, B)`` bool or None, all contiguous; ``save`` says whether a backward will follow.
     """
-    gi = input_projection(x, params.w_ih, params.b_ih, masks.input).contiguous()
     batch = x.shape[1]
+    imask = masks.input
+    if imask is not None:
+        imask = imask.expand(imask.shape[0], batch, imask.shape[2])
+    gi = MaskedProjection.apply(x, params.w_ih, params.b_ih, imask)
     rmask = masks.recurrent
     if rmask is not None:
         rmask = rmask.expand(rmask.shape[0], batch, rmask.shape[2]).contiguous()
