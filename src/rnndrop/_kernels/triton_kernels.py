@@ -94,7 +94,9 @@ def _store_step(h_new, keep, offs, valid, S, s_prev, s_new, OUT, out_off, PO, MA
         tl.store(HM + g * N + offs, v.to(HM.dtype.element_ty), mask=valid)
 
 
-@triton.jit
+# Per-step offsets change with t: not specialised (by divisibility), or every step could compile anew.
+@triton.jit(do_not_specialize=["gi_off", "s_prev", "s_new", "c_prev", "c_new", "out_off", "st_off", "ga_off",
+                               "ghn_off"])
 def fwd_cell(
     GI, gi_off, GH, gh_sg, gh_sb, BIAS,
     S, s_prev, s_new, C, c_prev, c_new, OUT, out_off, PO, STEPS, st_off,
@@ -182,7 +184,7 @@ def fwd_cell(
                 HAS_STEPS, ZERO_FILL, GM, NHM, CT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["gi_off", "s_prev", "ga_off"])
 def fwd_gru_gates(
     GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, MASK, U, GA, ga_off, N, H,
     RACT: tl.constexpr, HAS_BIAS: tl.constexpr, GM: tl.constexpr, BLOCK: tl.constexpr,
@@ -214,7 +216,8 @@ def fwd_gru_gates(
     tl.store(ga + H, z, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["out_off", "st_off", "ga_off", "ghn_off", "s_prev", "s_new", "c_prev", "c_new",
+                               "dgi_off"])
 def bwd_cell(
     D, DC, DHM, MASK, DOUT, out_off, FLOWS, STEPS, st_off,
     GA, ga_off, GHN, ghn_off, S, s_prev, s_new, C, c_prev, c_new, DGI, dgi_off, DGL, N, H,
@@ -309,7 +312,7 @@ def bwd_cell(
             tl.store(dgl + H, d_z.to(DGL.dtype.element_ty), mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ga_off", "s_prev", "dgi_off"])
 def bwd_gru_r(
     D, DU, MASK, GA, ga_off, S, s_prev, DGI, dgi_off, DGL, N, H,
     RACT: tl.constexpr, GM: tl.constexpr, WRITE_DGL: tl.constexpr, BLOCK: tl.constexpr,
@@ -352,8 +355,16 @@ TRITON_VERSION: str = triton.__version__
 
 
 def block_for(n: int) -> int:
-    """Elements per program: a power of two, at most 1024 (one program for tiny steps)."""
-    return min(1024, triton.next_power_of_2(max(n, 1)))
+    """Elements per program (a power of two).
+
+    Compiled: a fixed 256 (2 per thread with 4 warps; a block size is a compile-time constant, so
+    one size means one compilation per configuration, and small steps still spread over several
+    multiprocessors). Interpreted: the whole step in one program up to 1024 elements, since the
+    interpreter pays per program, not per element.
+    """
+    if INTERPRETED:
+        return min(1024, triton.next_power_of_2(max(n, 1)))
+    return 256
 
 
 def grid_for(n: int, block: int) -> tuple[int]:
