@@ -23,9 +23,10 @@
 //
 // Parallelism: the rows of the batch are independent for the whole recurrence, so the batch is
 // split between threads once and each thread runs the full time loop on its rows (no barrier
-// per step). Per-step matmuls are ATen calls on the thread's row block (inside a parallel
-// region ATen/MKL run them single-threaded). The weight gradients are big matmuls after the
-// loop, over all timesteps at once.
+// per step). Per-step matmuls run on the thread's row block: float32 on AVX-512 through the
+// packed-weight micro-kernel below, anything else through at::mm (inside a parallel region
+// ATen/MKL run it single-threaded). The weight gradients are big matmuls after the loop, over
+// all timesteps at once.
 
 #include <torch/extension.h>
 
