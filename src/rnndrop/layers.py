@@ -66,11 +66,13 @@ _DOC_DROPOUT_ARGS = """
             repeating the previous output (Keras's option of the same name). Default False.
         generator: a ``torch.Generator`` the masks are drawn from (default: torch's global RNG).
             ``forward(generator=...)`` overrides it for one call.
-        backend: ``"auto"`` (default) runs the compiled CPU kernel when it supports the call (CPU,
-            float32/64, no projection, tanh/sigmoid/relu/linear activations, no zoneout or candidate
-            dropout), else the reference loop; ``"fused"`` insists on the kernel and raises
+        backend: ``"auto"`` (default) runs a compiled kernel when one supports the call (float32/64
+            parameters, no projection, tanh/sigmoid/relu/linear activations, no zoneout or candidate
+            dropout): the C++ extension for CPU tensors, the Triton kernels for CUDA tensors (also
+            under autocast); else the reference loop. ``"fused"`` insists on a kernel and raises
             ``KernelUnavailableError`` with the reason; ``"reference"`` always runs the pure-torch loop.
-            ``layer.last_backend`` / ``last_backend_reason`` tell what the last call ran and why.
+            ``layer.last_backend`` (``"fused"``, ``"triton"`` or ``"reference"``) /
+            ``last_backend_reason`` tell what the last call ran and why.
 
     Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
     In eval mode the layer is deterministic and equals the same layer without dropout.

@@ -1,0 +1,308 @@
+"""CUDA benchmark: rnndrop's Triton path against cuDNN (torch.nn) and a Python cell loop with masks.
+
+One command on a machine with an NVIDIA GPU (exits with a message and status 1 without one)::
+
+    python benchmarks/bench_cuda.py                 # all configs, LSTM and GRU, float32
+    python benchmarks/bench_cuda.py --quick         # small config, LSTM, few rounds
+    python benchmarks/bench_cuda.py --amp bf16      # everything under torch.autocast(bfloat16)
+
+For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures:
+
+* ``torch.nn``          torch.nn.LSTM / GRU (cuDNN) without dropout — the bar every ratio is taken to;
+* ``triton``            rnndrop on its Triton kernels, no dropout;
+* ``triton+drop``       the same with input_dropout = recurrent_dropout = 0.25, shared masks;
+* ``triton+drop/gate``  the same with one mask per gate (Keras's layout);
+* ``cell loop+drop``    a Python loop over torch.nn.LSTMCell / GRUCell with time-locked masks on x
+                        and h (what PyTorch users write today).
+
+Times: one *training step* (forward, ``sum`` loss, backward; gradients reset to None) and one
+*inference* call (forward under ``torch.no_grad``; torch.nn and ``triton`` in eval mode, dropout
+variants in training mode, i.e. Monte-Carlo dropout). Each call is timed with CUDA events around
+it (so the CPU's launch work counts when the GPU waits for it) and synchronised; every variant
+is warmed up (which also compiles the Triton kernels), then the variants run interleaved round
+after round and each reports the median of its rounds. Peak memory of a training step: the
+growth of ``torch.cuda.max_memory_allocated`` during one step.
+
+Results: a table on stdout and a JSON file (``--json``) with the device, driver, torch, triton,
+CUDA and cuDNN versions and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import rnndrop
+
+CONFIGS: dict[str, tuple[int, int, int, int]] = {
+    "small": (32, 50, 32, 128),
+    "main": (64, 100, 64, 256),
+    "large": (16, 200, 128, 512),
+    "large-batch": (256, 100, 256, 1024),
+    "tiny": (4, 6, 3, 8),  # for the smoke test only
+}
+P = 0.25
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CellLoop(nn.Module):
+    """The usual hand-written recurrent dropout: a Python loop over an nn cell, time-locked masks."""
+
+    def __init__(self, mode: str, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.mode = mode
+        self.cell = (nn.LSTMCell if mode == "LSTM" else nn.GRUCell)(input_size, hidden)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, b, _ = x.shape
+        keep = 1.0 - P
+        m_in = x.new_empty(b, x.shape[2]).bernoulli_(keep) / keep
+        m_h = x.new_empty(b, self.hidden).bernoulli_(keep) / keep
+        h = x.new_zeros(b, self.hidden)
+        c = x.new_zeros(b, self.hidden)
+        outs = []
+        for step in range(t):
+            if self.mode == "LSTM":
+                h, c = self.cell(x[step] * m_in, (h * m_h, c))
+            else:
+                h = self.cell(x[step] * m_in, h * m_h)
+            outs.append(h)
+        return torch.stack(outs)
+
+
+def variants(mode: str, input_size: int, hidden: int, device: str) -> dict[str, tuple[nn.Module, str | None]]:
+    """name -> (module on ``device``, expected rnndrop backend or None)."""
+    torch_cls = nn.LSTM if mode == "LSTM" else nn.GRU
+    ours = rnndrop.LSTM if mode == "LSTM" else rnndrop.GRU
+    drop = {"input_dropout": P, "recurrent_dropout": P}
+    mods = {
+        "torch.nn": (torch_cls(input_size, hidden), None),
+        "triton": (ours(input_size, hidden, backend="fused"), "triton"),
+        "triton+drop": (ours(input_size, hidden, backend="fused", **drop), "triton"),
+        "triton+drop/gate": (ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop), "triton"),
+        "cell loop+drop": (CellLoop(mode, input_size, hidden), None),
+    }
+    return {name: (module.to(device), expected) for name, (module, expected) in mods.items()}
+
+
+def _first(out: object) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
+
+
+def train_step(module: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> None:
+    module.train()
+    for p in module.parameters():
+        p.grad = None
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss = _first(module(x)).float().sum()
+    loss.backward()
+
+
+def infer_step(name: str, module: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> None:
+    module.train("drop" in name)  # dropout variants: Monte-Carlo dropout; others eval
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        module(x)
+
+
+def timer(device: str) -> Callable[[Callable[[], None]], float]:
+    """``time_ms(fn)``: one synchronised call's duration in ms (CUDA events; wall clock off CUDA)."""
+    if device == "cuda":
+        def time_ms(fn: Callable[[], None]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:  # the smoke test runs the same code on CPU tensors (Triton's interpreter)
+        def time_ms(fn: Callable[[], None]) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    return time_ms
+
+
+def peak_mib(fn: Callable[[], None], device: str) -> float | None:
+    """Growth of the CUDA allocator's peak during ``fn``, MiB (None off CUDA)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def bench_config(cfg_name: str, mode: str, device: str, repeats: int, warmup: int,
+                 amp: torch.dtype | None = None) -> dict[str, dict]:
+    """Median train/infer times (ms) and peak memory of every variant for one config and cell."""
+    batch, steps, input_size, hidden = CONFIGS[cfg_name]
+    torch.manual_seed(0)
+    mods = variants(mode, input_size, hidden, device)
+    x = torch.randn(steps, batch, input_size, device=device)
+    runs: dict[str, dict[str, Callable[[], None]]] = {}
+    for name, (module, _) in mods.items():
+        runs[name] = {
+            "train": (lambda m=module: train_step(m, x, amp)),
+            "infer": (lambda m=module, n=name: infer_step(n, m, x, amp)),
+        }
+    # Check the backend really used before timing anything (a silent fallback would fake the figures).
+    for name, (module, expected) in mods.items():
+        runs[name]["train"]()
+        runs[name]["infer"]()
+        if expected is not None:
+            assert module.last_backend == expected, f"{name} ran {module.last_backend}: {module.last_backend_reason}"
+    time_ms = timer(device)
+    times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in mods}
+    for kind in ("train", "infer"):
+        for _ in range(warmup):
+            for name in mods:
+                runs[name][kind]()
+        for _ in range(repeats):
+            for name in mods:
+                times[name][kind].append(time_ms(runs[name][kind]))
+    result: dict[str, dict] = {}
+    for name in mods:
+        entry: dict = {k: statistics.median(v) for k, v in times[name].items()}
+        entry["train_runs_ms"] = times[name]["train"]
+        entry["infer_runs_ms"] = times[name]["infer"]
+        entry["peak_mib"] = peak_mib(runs[name]["train"], device)
+        result[name] = entry
+    return result
+
+
+def machine(device: str) -> dict[str, object]:
+    info: dict[str, object] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    else:
+        info["device"] = "cpu (Triton interpreter; smoke run, not a measurement)"
+    return info
+
+
+def profile(cfg_name: str, mode: str, amp: torch.dtype | None, path: Path) -> None:
+    """torch.profiler table of one training step of ``triton+drop`` (where a step's time goes)."""
+    batch, steps, input_size, hidden = CONFIGS[cfg_name]
+    module, _ = variants(mode, input_size, hidden, "cuda")["triton+drop"]
+    x = torch.randn(steps, batch, input_size, device="cuda")
+    for _ in range(3):
+        train_step(module, x, amp)
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        train_step(module, x, amp)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    path.write_text(f"{cfg_name} {mode} triton+drop, one training step, amp={amp}\n{table}\n")
+    print(f"wrote {path}")
+
+
+def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
+    header = (f"{'config':<11} {'cell':<5} {'variant':<17} {'train ms':>9} {'ratio':>6} {'loop/x':>7} "
+              f"{'infer ms':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for cfg_name, by_mode in results.items():
+        for mode, by_variant in by_mode.items():
+            if "error" in by_variant:
+                print(f"{cfg_name:<11} {mode:<5} FAILED: {by_variant['error']}")
+                continue
+            bar, loop = by_variant["torch.nn"], by_variant["cell loop+drop"]
+            for name, e in by_variant.items():
+                mem, bar_mem = e.get("peak_mib"), bar.get("peak_mib")
+                mem_s = f"{mem:9.1f}" if mem is not None else f"{'-':>9}"
+                mem_r = f"{mem / bar_mem:6.2f}" if mem is not None and bar_mem else f"{'-':>6}"
+                print(
+                    f"{cfg_name:<11} {mode:<5} {name:<17} {e['train']:9.3f} {e['train'] / bar['train']:6.2f} "
+                    f"{loop['train'] / e['train']:7.1f} {e['infer']:9.3f} {e['infer'] / bar['infer']:6.2f} "
+                    f"{mem_s} {mem_r}"
+                )
+        print()
+    print("ratio: time / torch.nn's (cuDNN, no dropout); loop/x: the cell loop's training time / this one's")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config, LSTM, 5 rounds (a smoke run)")
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS), help="configs to run (repeatable)")
+    parser.add_argument("--cell", action="append", choices=["LSTM", "GRU"], help="cells to run (repeatable)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default 20, quick 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per variant first")
+    parser.add_argument("--amp", choices=sorted(AMP), default="none", help="run under torch.autocast (default none)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results/bench_cuda[_quick].json)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also write a torch.profiler table of one LSTM training step (main config) here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_cuda: no CUDA device (torch.cuda.is_available() is False); this benchmark needs an NVIDIA "
+              "GPU. The CPU benchmark is benchmarks/bench_cpu.py.", file=sys.stderr)
+        return 1
+    configs = args.config or (["small"] if args.quick else ["small", "main", "large", "large-batch"])
+    cells = args.cell or (["LSTM"] if args.quick else ["LSTM", "GRU"])
+    repeats = args.repeats or (5 if args.quick else 20)
+    amp = AMP[args.amp]
+    suffix = ("_quick" if args.quick else "") + ("" if amp is None else f"_{args.amp}")
+    out_path = args.json or Path(__file__).parent / "results" / f"bench_cuda{suffix}.json"
+
+    info = machine("cuda")
+    print(f"rnndrop CUDA benchmark, {dt.datetime.now().isoformat(timespec='seconds')}, amp={args.amp}; {info}")
+    results: dict[str, dict[str, dict[str, dict]]] = {}
+    failed = False
+    for cfg_name in configs:
+        for mode in cells:
+            start = time.perf_counter()
+            try:
+                entry = bench_config(cfg_name, mode, "cuda", repeats, args.warmup, amp)
+            except Exception as exc:  # keep the other configs' figures (one GPU session, one run)
+                failed = True
+                entry = {"error": f"{type(exc).__name__}: {exc}"}
+            results.setdefault(cfg_name, {})[mode] = entry
+            print(f"  {cfg_name} {mode}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    print_table(results)
+    payload = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": info,
+        "amp": args.amp,
+        "configs": {k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
+        "repeats": repeats,
+        "warmup": args.warmup,
+        "dropout": P,
+        "results": results,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out_path}")
+    if args.profile is not None:
+        profile("main", "LSTM", amp, args.profile)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
