@@ -148,6 +148,8 @@ def triton_ineligible(call: Call) -> str | None:
     reason = triton_autograd.unavailable_reason(device)
     if reason is not None:
         return reason
+    if call.x.shape[1] == 0:
+        return "empty batch (nothing to launch)"
     return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64))
 
 

@@ -131,6 +131,16 @@ def cpu_interpreter_enabled() -> bool:
 # ---------------------------------------------------------------------------------------- helpers
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (casts are explicit here) and, on CUDA, the tensors' GPU current: Triton launches
+    on the current device, which need not be the one a layer lives on (``cuda:1``)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+    if device.type == "cuda":
+        stack.enter_context(torch.cuda.device(device))
+    return stack
+
+
 def _autocast_dtype(device_type: str, param_dtype: torch.dtype) -> torch.dtype:
     """The dtype autocast would run a matmul of ``param_dtype`` operands in (itself when off)."""
     if param_dtype != torch.float32:  # autocast leaves float64 alone
@@ -380,7 +390,7 @@ class TritonDirection(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         K = kernels()
         assert K is not None, "TritonDirection called without triton (the registry must prevent this)"
-        with torch.autocast(device_type=gi.device.type, enabled=False):
+        with _on_device(gi.device):
             r = _forward(K, gi, h0, c0, w_hh, b_hh, rmask, steps, opts, save, mm_dtype)
         ctx.opts, ctx.lay, ctx.mm_dtype, ctx.saved = opts, r["lay"], mm_dtype, save
         ctx.has_bias, ctx.gi_dtype = b_hh is not None, gi.dtype
@@ -400,7 +410,7 @@ class TritonDirection(torch.autograd.Function):
         if not ctx.saved:
             raise RuntimeError("rnndrop Triton kernel: backward through a forward run without saved activations")
         K = kernels()
-        with torch.autocast(device_type=dout.device.type, enabled=False):
+        with _on_device(dout.device):
             grads = _backward(K, ctx, dout, dh_t, dc_t)
         return (*grads, None, None, None, None, None)
 
