@@ -143,3 +143,13 @@ def test_disable_env_var(monkeypatch) -> None:
     monkeypatch.setenv("RNNDROP_DISABLE_KERNELS", "1")
     monkeypatch.setattr(loader, "_cache", None)
     assert loader.load() is None and "RNNDROP_DISABLE_KERNELS" in loader.unavailable_reason()
+
+
+def test_bias_gradients_do_not_share_storage(kernel) -> None:
+    # The kernel computes d b_ih and d b_hh from one sum where they are equal; the two parameters
+    # must still get separate tensors (an in-place op on one grad must not change the other).
+    layer = rnndrop.LSTM(3, 4)
+    layer(torch.randn(5, 2, 3))[0].sum().backward()
+    assert layer.last_backend == "fused"
+    torch.testing.assert_close(layer.bias_ih_l0.grad, layer.bias_hh_l0.grad)
+    assert layer.bias_ih_l0.grad.data_ptr() != layer.bias_hh_l0.grad.data_ptr()

@@ -114,10 +114,11 @@ class MaskedProjection(torch.autograd.Function):
 
 
 class FusedDirection(torch.autograd.Function):
-    """One direction's recurrence: ``(gi, h0, c0, w_hh, b_hh) -> (out, h_T[, c_T])``.
+    """One direction's recurrence: ``(gi, h0, c0, w_hh, b_hh, b_ih) -> (out, h_T[, c_T])``.
 
-    Shapes: ``gi`` ``(T, B, G*H)`` = input projection incl. ``b_ih``; ``h0``, ``c0`` ``(B, H)``;
-    ``w_hh`` ``(G*H, H)``; ``b_hh`` ``(G*H,)`` or None; ``rmask`` ``(G_m, B, H)`` or None;
+    Shapes: ``gi`` ``(T, B, G*H)`` = input projection *without* ``b_ih`` (added by the kernel);
+    ``h0``, ``c0`` ``(B, H)``; ``w_hh`` ``(G*H, H)``; ``b_hh``, ``b_ih`` ``(G*H,)`` or both None;
+    ``rmask`` ``(G_m, B, H)`` or None;
     ``steps`` ``(T, B)`` bool or None; ``out`` ``(T, B, H)`` time order even when reverse.
     """
 
@@ -129,6 +130,7 @@ class FusedDirection(torch.autograd.Function):
         c0: torch.Tensor | None,
         w_hh: torch.Tensor,
         b_hh: torch.Tensor | None,
+        b_ih: torch.Tensor | None,
         rmask: torch.Tensor | None,
         steps: torch.Tensor | None,
         opts: KernelOptions,
@@ -138,7 +140,7 @@ class FusedDirection(torch.autograd.Function):
         assert ext is not None, "FusedDirection called without the extension (the registry must prevent this)"
         out, h_t, c_t, s_buf, c_buf, ga, ghn = ext.forward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
-            gi, h0, c0, w_hh, b_hh, rmask, steps,
+            gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
         )
         ctx.opts = opts
         ctx.has_bias = b_hh is not None
@@ -160,12 +162,12 @@ class FusedDirection(torch.autograd.Function):
         opts: KernelOptions = ctx.opts
         ext = loader.load()
         h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn = ctx.saved_tensors
-        dgi, dh0, dc0, dw, db = ext.backward(
+        dgi, dh0, dc0, dw, db_hh, db_ih = ext.backward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
             h0, c0, w_hh, ctx.has_bias, rmask, steps, out, s_buf, c_buf, ga, ghn,
             dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),
         )
-        return dgi, dh0, dc0, dw, db, None, None, None, None
+        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None
 
 
 # (gi, h0, c0, w_hh, b_hh, rmask, steps), see prepare_direction.
@@ -184,8 +186,12 @@ def prepare_direction(
     step_mask: torch.Tensor | None,
     reverse: bool,
     zero_masked_output: bool,
+    input_bias_in_gi: bool = True,
 ) -> tuple[DirectionTensors, KernelOptions, bool]:
     """What every compiled recurrence (CPU extension, Triton) takes, from a ``run_direction`` call.
+
+    With ``input_bias_in_gi=False`` ``gi`` leaves out ``b_ih`` (the CPU kernel adds it in its
+    element-wise pass, saving a pass over ``gi``); the caller then passes ``params.b_ih`` on.
 
     Runs the input projection of all timesteps (:class:`MaskedProjection`: one matmul per mask
     gate, its gradients one matmul each) and returns
@@ -197,7 +203,7 @@ def prepare_direction(
     imask = masks.input
     if imask is not None:
         imask = imask.expand(imask.shape[0], batch, imask.shape[2])
-    gi = MaskedProjection.apply(x, params.w_ih, params.b_ih, imask)
+    gi = MaskedProjection.apply(x, params.w_ih, params.b_ih if input_bias_in_gi else None, imask)
     rmask = masks.recurrent
     if rmask is not None:
         rmask = rmask.expand(rmask.shape[0], batch, rmask.shape[2]).contiguous()
@@ -233,6 +239,11 @@ def fused_run_direction(
 
     Only call it for configurations :func:`rnndrop._kernels.registry.cpu_ineligible` accepts.
     """
-    tensors, opts, save = prepare_direction(cfg, x, state, params, masks, step_mask, reverse, zero_masked_output)
-    outs = FusedDirection.apply(*tensors, opts, save)
+    tensors, opts, save = prepare_direction(
+        cfg, x, state, params, masks, step_mask, reverse, zero_masked_output, input_bias_in_gi=False
+    )
+    gi, h0, c0, w_hh, b_hh, rmask, steps = tensors
+    b_ih = None if params.b_ih is None else params.b_ih.contiguous()
+    save = save or (torch.is_grad_enabled() and b_ih is not None and b_ih.requires_grad)
+    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, opts, save)
     return outs[0], tuple(outs[1:])

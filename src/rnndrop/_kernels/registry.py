@@ -130,6 +130,8 @@ def cpu_ineligible(call: Call) -> str | None:
         return f"input is on {call.x.device}, the fused kernel is CPU only"
     if _autocast_cpu():
         return "CPU autocast is on; mixed precision runs on the reference path"
+    if any((p.b_ih is None) != (p.b_hh is None) for layer in call.params for p in layer):
+        return "only one of b_ih / b_hh is given (the fused kernel takes both or neither)"
     return _kernel_ineligible(call, "fused kernel", (torch.float32, torch.float64))
 
 

@@ -244,7 +244,8 @@ struct Problem {
   const T* gi;
   const T* h0;
   const T* c0;
-  const T* bias;  // b_hh or nullptr
+  const T* bias;     // b_hh or nullptr
+  const T* bias_ih;  // b_ih or nullptr (not yet in gi)
   const T* mask;  // (Gm, B, H) or nullptr
   const bool* steps;
   Tensor w;    // (GH, H)
@@ -264,6 +265,8 @@ struct Problem {
   const T* hprev(int64_t s, int64_t b) const { return s == 0 ? h0 + b * H : state(s - 1, b); }
   const T* m(int64_t g, int64_t b) const { return mask + (g * B + b) * H; }
   bool keep(int64_t t, int64_t b) const { return steps == nullptr || steps[t * B + b]; }
+  const T* bhh(int64_t k) const { return bias ? bias + k * H : nullptr; }
+  const T* bih(int64_t k) const { return bias_ih ? bias_ih + k * H : nullptr; }
   static int64_t op_key(bool trans, int64_t g0, int64_t ng) { return (trans ? 256 : 0) + g0 * 16 + ng; }
   const Operand<T>& op(bool trans, int64_t g0, int64_t ng) const { return ops.at(op_key(trans, g0, ng)); }
   // Prepare the operands of the forward (trans: W_g^T) or backward (W_g) recurrent matmuls.
@@ -347,13 +350,15 @@ void rec_grad_row(const Problem<T>& P, const T* dhm, int64_t nb, int64_t b, int6
   }
 }
 
-// dst <- gi + (gh + bias) for one gate row (the association of rnndrop.cells).
+// dst <- (gi + b_ih) + (gh + b_hh) for one gate row: the association of rnndrop.cells, whose
+// input projection adds b_ih to the matmul and whose step adds b_hh to the recurrent product.
+// (b_ih is added here rather than by the projection, saving a pass over the (T, B, G*H) buffer.)
 template <typename T>
-inline void preact(T* __restrict dst, const T* __restrict gi, const T* __restrict gh, const T* __restrict bias,
-                   int64_t n) {
-  if (bias) {
+inline void preact(T* __restrict dst, const T* __restrict gi, const T* __restrict gh, const T* __restrict bih,
+                   const T* __restrict bias, int64_t n) {
+  if (bias) {  // both biases or neither (the layer's `bias` flag)
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) dst[j] = gi[j] + (gh[j] + bias[j]);
+    for (int64_t j = 0; j < n; ++j) dst[j] = (gi[j] + bih[j]) + (gh[j] + bias[j]);
   } else {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) dst[j] = gi[j] + gh[j];
@@ -430,7 +435,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
         T* ga = ga_row(t, b);
         const T* gir = P.gi + (t * B + bg) * GH;
         for (int64_t k = 0; k < 2; ++k)
-          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bih(k), P.bhh(k), H);
         activate(P.ract, ga, 2 * H);
         const T* hp = P.hprev(s, bg);
         T* ub = u + b * H;
@@ -449,7 +454,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
         const int64_t bg = b0 + b;
         T* ga = ga_row(t, b);
         const T* gir = P.gi + (t * B + bg) * GH;
-        preact(ga + 2 * H, gir + 2 * H, ghn + b * H, P.bias ? P.bias + 2 * H : nullptr, H);
+        preact(ga + 2 * H, gir + 2 * H, ghn + b * H, P.bih(2), P.bhh(2), H);
         activate(P.act, ga + 2 * H, H);
         const T* hp = P.hprev(s, bg);
         T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
@@ -467,7 +472,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       // New h goes straight to its storage; store_step then applies the step mask.
       T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
       if (P.mode == kRNN) {
-        preact(hn, gir, gh + b * rs, P.bias, H);
+        preact(hn, gir, gh + b * rs, P.bih(0), P.bhh(0), H);
         activate(P.act, hn, H);
         store_step(P, s, t, bg, hn, seen[b]);
         continue;
@@ -476,7 +481,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       if (P.mode == kGRU) {  // reset_after=True
         T* ghn = P.save ? P.GHN + (t * B + bg) * H : gbuf + b * H;
         for (int64_t k = 0; k < 2; ++k)
-          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+          preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bih(k), P.bhh(k), H);
         activate(P.ract, ga, 2 * H);
         const T* ghb = gh + 2 * gs + b * rs;
         if (P.bias) {
@@ -488,8 +493,14 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
         }
         const T *r = ga, *z = ga + H, *gin = gir + 2 * H;
         T* n = ga + 2 * H;
+        if (P.bias_ih) {
+          const T* bin = P.bih(2);
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) n[j] = gin[j] + r[j] * ghn[j];
+          for (int64_t j = 0; j < H; ++j) n[j] = (gin[j] + bin[j]) + r[j] * ghn[j];
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) n[j] = gin[j] + r[j] * ghn[j];
+        }
         activate(P.act, n, H);
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
@@ -498,7 +509,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       }
       // LSTM
       for (int64_t k = 0; k < 4; ++k)
-        preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bias ? P.bias + k * H : nullptr, H);
+        preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bih(k), P.bhh(k), H);
       activate(P.ract, ga, 2 * H);  // i, f
       activate(P.act, ga + 2 * H, H);  // g
       activate(P.ract, ga + 3 * H, H);  // o
@@ -681,8 +692,8 @@ int64_t num_gates(int64_t mode) { return mode == kLSTM ? 4 : mode == kGRU ? 3 : 
 template <typename T>
 Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
                         bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
-                        const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& rmask,
-                        const c10::optional<Tensor>& steps) {
+                        const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& b_ih,
+                        const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
   Problem<T> P;
   P.mode = mode;
   P.act = act;
@@ -701,6 +712,7 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   P.h0 = h0.data_ptr<T>();
   P.c0 = (c0 && c0->defined()) ? c0->data_ptr<T>() : nullptr;
   P.bias = (b_hh && b_hh->defined()) ? b_hh->data_ptr<T>() : nullptr;
+  P.bias_ih = (b_ih && b_ih->defined()) ? b_ih->data_ptr<T>() : nullptr;
   P.mask = P.Gm ? rmask->data_ptr<T>() : nullptr;
   P.steps = (steps && steps->defined()) ? steps->data_ptr<bool>() : nullptr;
   // Detached: the per-step matmuls write into out= views, which autograd would refuse for a
@@ -711,8 +723,8 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
 }
 
 void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
-                  const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& rmask,
-                  const c10::optional<Tensor>& steps) {
+                  const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& b_ih,
+                  const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "rnndrop kernel: unknown mode ", mode);
   TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous(), "rnndrop kernel: gi must be a contiguous (T, B, G*H) tensor");
   const int64_t G = num_gates(mode), B = gi.size(1), GH = gi.size(2), H = GH / G;
@@ -729,7 +741,10 @@ void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::o
     same(*c0, {B, H}, "c0");
   }
   same(w_hh, {GH, H}, "w_hh");
-  if (b_hh && b_hh->defined()) same(*b_hh, {GH}, "b_hh");
+  const bool has_hh = b_hh && b_hh->defined(), has_ih = b_ih && b_ih->defined();
+  TORCH_CHECK(has_hh == has_ih, "rnndrop kernel: pass both biases or neither");
+  if (has_hh) same(*b_hh, {GH}, "b_hh");
+  if (has_ih) same(*b_ih, {GH}, "b_ih");
   if (rmask && rmask->defined()) {
     const int64_t gm = rmask->size(0);
     TORCH_CHECK(rmask->dim() == 3 && (gm == 1 || gm == G), "rnndrop kernel: rmask must be (1 or G, B, H)");
@@ -745,8 +760,9 @@ void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::o
 std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
                             bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
                             const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
-                            const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
-  check_inputs(mode, gi, h0, c0, w_hh, b_hh, rmask, steps);
+                            const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& rmask,
+                            const c10::optional<Tensor>& steps) {
+  check_inputs(mode, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps);
   const int64_t Tn = gi.size(0), B = gi.size(1), G = num_gates(mode), H = gi.size(2) / G;
   const auto opts = gi.options();
   Tensor out = at::empty({Tn, B, H}, opts), hT = at::empty({B, H}, opts), cT, S, C, GA, GHN;
@@ -760,7 +776,7 @@ std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_
   if (save && mode == kGRU && reset_after) GHN = at::empty({Tn, B, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnndrop_forward", [&] {
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh,
-                                    rmask, steps);
+                                    b_ih, rmask, steps);
     P.prepare(true);
     P.out = out.data_ptr<scalar_t>();
     P.S = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
@@ -786,7 +802,7 @@ Tensor prev_states(const Tensor& h0, const Tensor& out, const c10::optional<Tens
   return reverse ? prev.flip(0) : prev;
 }
 
-// Returns {dgi, dh0, dc0, dw_hh, db_hh}.
+// Returns {dgi, dh0, dc0, dw_hh, db_hh, db_ih}.
 std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
                              const Tensor& h0, const c10::optional<Tensor>& c0, const Tensor& w_hh, bool has_bias,
                              const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps, const Tensor& out,
@@ -804,7 +820,7 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnndrop_backward", [&] {
     // dGI only carries the sizes here (P.gi is never read by the backward).
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, true, dGI, h0, c0, w_hh,
-                                    c10::nullopt, rmask, steps);
+                                    c10::nullopt, c10::nullopt, rmask, steps);
     P.prepare(false);
     P.out = const_cast<scalar_t*>(out.data_ptr<scalar_t>());
     P.S = (S && S->defined()) ? S->data_ptr<scalar_t>() : nullptr;
@@ -850,8 +866,14 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
     Tensor o = dW.narrow(0, 2 * H, H);
     at::mm_out(o, src.narrow(1, 2 * H, H).t(), u.reshape({Tn * B, H}));
   }
-  Tensor db = has_bias ? src.sum(0) : Tensor();
-  return {dGI, dh0, dc0, dW, db};
+  // Bias gradients: b_hh sees the recurrent pre-activations, b_ih the input-side ones; they are
+  // the same sums except for the GRU with reset_after (clone: two parameters never share a grad).
+  Tensor db_hh, db_ih;
+  if (has_bias) {
+    db_ih = dGI.view({Tn * B, GH}).sum(0);
+    db_hh = dGH.is_same(dGI) ? db_ih.clone() : src.sum(0);
+  }
+  return {dGI, dh0, dc0, dW, db_hh, db_ih};
 }
 
 }  // namespace rnndrop
