@@ -23,7 +23,7 @@ from ._kernels import BACKENDS, select_direction_fn
 from ._pickling import GeneratorPicklingMixin
 from .activations import resolve_activation
 from .cells import NUM_GATES
-from .errors import RnnDropTypeError, RnnDropValueError
+from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
 from .masks import (
     MASK_SCOPE_CHOICES,
     DropoutMasks,
@@ -34,7 +34,7 @@ from .masks import (
     check_gate_masks,
     check_probability,
 )
-from .reference import CellConfig, DirectionParams, run_stack
+from .reference import CellConfig, DirectionParams, run_direction, run_stack
 
 _DOC_DROPOUT_ARGS = """
     Dropout arguments (rnndrop's additions; all off by default, active only in training mode):
@@ -488,9 +488,21 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 
         params = self._direction_params()
-        direction_fn, self.last_backend, self.last_backend_reason = select_direction_fn(
-            self.backend, self.cell_config, x, states, params, masks, steps
-        )
+        exporter = _exporter()
+        if exporter is not None and self.backend != "reference":
+            # An exported graph must run without rnndrop (ONNX Runtime, torch.export consumers): export the
+            # pure-torch reference loop, which computes the same function, instead of an opaque compiled kernel.
+            if self.backend == "fused":
+                raise KernelUnavailableError(
+                    f"backend='fused' cannot be exported by {exporter}: the compiled kernel is not portable; "
+                    "use backend='auto' (exports the equivalent reference loop) or backend='reference'"
+                )
+            direction_fn, self.last_backend = run_direction, "reference"
+            self.last_backend_reason = f"{exporter} exports the portable reference loop"
+        else:
+            direction_fn, self.last_backend, self.last_backend_reason = select_direction_fn(
+                self.backend, self.cell_config, x, states, params, masks, steps
+            )
         output, finals = run_stack(
             self.cell_config, x, states, params, masks, steps, zero_masked, direction_fn=direction_fn
         )

@@ -136,14 +136,19 @@ def test_training_mode_without_active_dropout_still_exports() -> None:
 
 
 @pytest.mark.skipif(not BACKEND_KW, reason="no backend= argument: only the reference path exists")
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="the fused CPU kernel is not a registered custom op yet: export traces into it with fake tensors "
-    "(issue 6, item 1); remove this mark when the default backend exports",
-)
 def test_default_backend_exports() -> None:
     torch.manual_seed(0)
     layer = rnndrop.LSTM(FEATURES, 6, batch_first=True, input_dropout=0.2).eval()
     x = torch.randn(BATCH, STEPS, FEATURES)
+    # The compiled kernel cannot be traced (fake tensors); export takes the equivalent reference loop,
+    # while eager calls keep the kernel.
     program = torch.export.export(layer, (x,))
-    torch.testing.assert_close(program.module()(x)[0], layer(x)[0])
+    eager = layer(x)[0]
+    assert layer.last_backend == "fused"
+    torch.testing.assert_close(program.module()(x)[0], eager)
+
+
+def test_fused_backend_refuses_export_with_the_reason() -> None:
+    layer = rnndrop.LSTM(FEATURES, 6, batch_first=True, backend="fused").eval()
+    with pytest.raises(rnndrop.KernelUnavailableError, match="backend='fused' cannot be exported"):
+        torch.export.export(layer, (torch.randn(BATCH, STEPS, FEATURES),))
