@@ -69,10 +69,10 @@ def accuracy_bars(
     names = [r["strategy"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(6.5, 0.38 * len(rows) + 1.2))
-    for offset, prefix, label, color in ((-0.15, "", "deterministic", "C0"), (0.15, "mc_", "MC dropout", "C1")):
+    for offset, prefix, series, color in ((-0.15, "", "deterministic", "C0"), (0.15, "mc_", "MC dropout", "C1")):
         mean = np.array([r[f"{prefix}{metric}_mean"] for r in rows])
         std = np.nan_to_num(np.array([r[f"{prefix}{metric}_std"] for r in rows]))
-        ax.errorbar(mean, y + offset, xerr=std, fmt="o", color=color, label=label, capsize=3, ms=4)
+        ax.errorbar(mean, y + offset, xerr=std, fmt="o", color=color, label=series, capsize=3, ms=4)
     base = next((r for r in rows if r["strategy"] == "none"), None)
     if base is not None:
         ax.axvline(base[f"{metric}_mean"], color="grey", lw=0.8, ls=":", label="none (mean)")
