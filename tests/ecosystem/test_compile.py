@@ -159,18 +159,25 @@ def test_inductor_compiled_lstm_matches_eager_forward_and_backward() -> None:
 
 
 @pytest.mark.skipif(not HAS_BACKEND_ARG, reason="no backend= argument: only the reference path exists")
-@pytest.mark.xfail(
-    strict=True, raises=torch._dynamo.exc.Unsupported,
-    reason="the fused CPU kernel is not a registered custom op yet: Dynamo cannot trace it (issue 6, item 1); "
-    "remove this mark when backend='auto' compiles in one graph",
-)
-def test_default_backend_compiles_in_one_graph() -> None:
+@pytest.mark.parametrize("kind", ["lstm", "gru_per_gate"])
+def test_default_backend_compiles_in_one_graph(kind: str) -> None:
+    """backend='auto' picks the fused CPU kernel, a registered custom op: one graph, equal to eager bitwise."""
+    from rnndrop._kernels import loader
+
+    if loader.load() is None:
+        pytest.skip(f"CPU extension unavailable: {loader.unavailable_reason()}")
     torch.manual_seed(0)
-    layer = rnndrop.LSTM(FEATURES, HIDDEN, batch_first=True, input_dropout=0.2, recurrent_dropout=0.2).train()
+    if kind == "lstm":
+        layer = rnndrop.LSTM(FEATURES, HIDDEN, batch_first=True, input_dropout=0.2, recurrent_dropout=0.2)
+    else:  # per-gate input masks: the input projection's column blocks, bidirectional, GRU reset_after=False
+        layer = rnndrop.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True, reset_after=False,
+                            input_dropout=0.2, recurrent_dropout=0.2, gate_masks="per_gate")
+    layer.train()
     counter = CompileCounterWithBackend("aot_eager")
     x, step_mask = _inputs(0)
     masks = layer.sample_masks(BATCH, STEPS)
     got = _forward_backward(torch.compile(layer, backend=counter, fullgraph=True), x, step_mask, masks)
+    assert layer.last_backend == "fused"
     for g, w in zip(got, _forward_backward(layer, x, step_mask, masks)):
-        torch.testing.assert_close(g, w)
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert counter.frame_count == 1

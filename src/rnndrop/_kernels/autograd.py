@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from ..masks import DirectionMasks
 from ..reference import CellConfig, DirectionParams, State
-from . import loader
+from . import ops
 
 MODES = {"LSTM": 0, "GRU": 1, "RNN": 2}
 # Activations the kernel implements (code = the C++ enum). Their derivatives are computed from
@@ -41,6 +41,10 @@ class KernelOptions:
     reset_after: bool
     reverse: bool
     zero_fill: bool
+
+
+def _is_compiling() -> bool:
+    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
 
 
 def refuse_double_backward(kernel: str) -> None:
@@ -75,15 +79,22 @@ class MaskedProjection(torch.autograd.Function):
         gh = w_ih.shape[0]
         blocks = 1 if mask is None else mask.shape[0]
         width = gh // blocks
-        gi = torch.empty(t * b, gh, dtype=x.dtype, device=x.device)
         x2 = x.reshape(t * b, i)
+        # Under torch.compile Dynamo refuses out= into the (non-contiguous) column blocks; the
+        # compiler plans the memory itself, so the blocks are concatenated instead.
+        compiling = blocks > 1 and _is_compiling()
+        gi = None if compiling else torch.empty(t * b, gh, dtype=x.dtype, device=x.device)
+        parts = []
         for g in range(blocks):
             cols = slice(g * width, (g + 1) * width)
             xm = x2 if mask is None else (x * mask[g]).reshape(t * b, i)
+            out = None if gi is None else gi[:, cols]
             if b_ih is None:
-                torch.mm(xm, w_ih[cols].t(), out=gi[:, cols])
+                parts.append(torch.mm(xm, w_ih[cols].t(), out=out))
             else:
-                torch.addmm(b_ih[cols], xm, w_ih[cols].t(), out=gi[:, cols])
+                parts.append(torch.addmm(b_ih[cols], xm, w_ih[cols].t(), out=out))
+        if gi is None:
+            gi = torch.cat(parts, dim=1)
         ctx.save_for_backward(x, w_ih, mask)
         ctx.has_bias = b_ih is not None
         return gi.view(t, b, gh)
@@ -136,9 +147,7 @@ class FusedDirection(torch.autograd.Function):
         opts: KernelOptions,
         save: bool,
     ) -> tuple[torch.Tensor, ...]:
-        ext = loader.load()
-        assert ext is not None, "FusedDirection called without the extension (the registry must prevent this)"
-        out, h_t, c_t, s_buf, c_buf, ga, ghn = ext.forward(
+        out, h_t, c_t, s_buf, c_buf, ga, ghn = ops.forward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
             gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
         )
@@ -160,9 +169,8 @@ class FusedDirection(torch.autograd.Function):
         if not ctx.saved:
             raise RuntimeError("rnndrop fused kernel: backward through a forward run without saved activations")
         opts: KernelOptions = ctx.opts
-        ext = loader.load()
         h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn = ctx.saved_tensors
-        dgi, dh0, dc0, dw, db_hh, db_ih = ext.backward(
+        dgi, dh0, dc0, dw, db_hh, db_ih = ops.backward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
             h0, c0, w_hh, ctx.has_bias, rmask, steps, out, s_buf, c_buf, ga, ghn,
             dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -90,6 +91,9 @@ def load() -> ModuleType | None:
     return _load()[0]
 
 
+# Under torch.compile, Dynamo runs this eagerly and keeps the answer as a constant instead of tracing
+# the loading (hashing the sources, importing the .so), which it cannot.
+@torch.compiler.assume_constant_result
 def unavailable_reason() -> str | None:
     """Why the extension cannot be used, or ``None`` when it is loaded."""
     return _load()[1]
@@ -130,4 +134,12 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
         loader.exec_module(module)
     except Exception as exc:  # ImportError, OSError (bad ELF, missing symbol), anything else
         return None, f"the compiled CPU extension at {path} failed to load: {type(exc).__name__}: {exc}"
+    # Only now (the extension is there): make it torch.ops.rnndrop.fused_* so torch.compile can trace it.
+    from . import ops
+
+    try:
+        ops.register()
+    except Exception as exc:  # the ops are an addition: without them the kernel still runs eagerly
+        warnings.warn(f"rnndrop: could not register the CPU kernel as custom ops ({exc}); torch.compile will "
+                      "graph-break around it", RuntimeWarning, stacklevel=2)
     return module, None

@@ -1,0 +1,143 @@
+"""The compiled CPU extension as PyTorch custom ops: ``torch.ops.rnndrop.fused_forward`` / ``fused_backward``.
+
+Registered when this module is imported, which :mod:`.loader` does only after the extension
+has loaded (never at ``import rnndrop``, never without the extension). As registered ops with
+fake (meta) implementations, Dynamo and AOTAutograd put them into a graph as single nodes
+instead of breaking the graph at the opaque pybind functions; eagerly they cost one
+dispatcher call per direction, not per timestep.
+
+Custom ops cannot return ``None``: outputs a configuration does not produce (the LSTM cell
+state of a GRU, buffers not saved without a backward) come back as empty ``(0,)`` tensors;
+:func:`present` says which outputs are real, so callers map the placeholders back to ``None``.
+Differentiation stays in :class:`~rnndrop._kernels.autograd.FusedDirection`, which calls these
+ops in its forward and backward (Dynamo traces such an ``autograd.Function`` whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import loader
+
+_NAMESPACE = "rnndrop"
+_LSTM, _GRU, _RNN = 0, 1, 2  # the C++ enum (autograd.MODES)
+_GATES = {_LSTM: 4, _GRU: 3, _RNN: 1}
+
+FORWARD_SCHEMA = (
+    "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, bool save, "
+    "Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? b_ih, Tensor? rmask, Tensor? steps) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, "
+    "Tensor h0, Tensor? c0, Tensor w_hh, bool has_bias, Tensor? rmask, Tensor? steps, Tensor out, "
+    "Tensor? S, Tensor? C, Tensor? GA, Tensor? GHN, Tensor dout, Tensor dhT, Tensor? dcT) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def present_forward(mode: int, reset_after: bool, save: bool, has_steps: bool) -> tuple[bool, ...]:
+    """Which of ``(out, h_T, c_T, S, C, GA, GHN)`` the forward produces (the others are placeholders)."""
+    lstm = mode == _LSTM
+    return (True, True, lstm, has_steps, lstm and save, save and mode != _RNN,
+            save and mode == _GRU and reset_after)
+
+
+def present_backward(mode: int, has_bias: bool) -> tuple[bool, ...]:
+    """Which of ``(dgi, dh0, dc0, dw_hh, db_hh, db_ih)`` the backward produces."""
+    return (True, True, mode == _LSTM, True, has_bias, has_bias)
+
+
+def as_optional(tensors: Sequence[torch.Tensor], present: Sequence[bool]) -> tuple[torch.Tensor | None, ...]:
+    """Placeholders back to ``None``."""
+    return tuple(t if p else None for t, p in zip(tensors, present))
+
+
+def _placeholders(outs: Sequence[torch.Tensor | None], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # A fresh empty tensor each: custom op outputs must not alias each other or an input.
+    return tuple(like.new_empty(0) if t is None else t for t in outs)
+
+
+def _ext():
+    ext = loader.load()
+    if ext is None:
+        raise RuntimeError(f"rnndrop::fused_* called without the compiled extension: {loader.unavailable_reason()}")
+    return ext
+
+
+_registered = False
+
+
+def registered() -> bool:
+    """Whether ``torch.ops.rnndrop.fused_*`` exist in this process."""
+    return _registered
+
+
+def _forward_impl(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps):
+    outs = _ext().forward(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih,
+                          rmask, steps)
+    return _placeholders(outs, gi)
+
+
+def _forward_fake(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps):
+    # The shapes csrc/cpu/rnn.cpp's forward allocates, (0,) where it returns an undefined tensor.
+    t, b, gh = gi.shape
+    h = gh // _GATES[mode]
+    shapes = ((t, b, h), (b, h), (b, h), (t, b, h), (t, b, h), (t, b, gh), (t, b, h))
+    present = present_forward(mode, reset_after, save, steps is not None)
+    return tuple(gi.new_empty(s if p else (0,)) for s, p in zip(shapes, present))
+
+
+def _backward_impl(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps, out,
+                   S, C, GA, GHN, dout, dhT, dcT):
+    grads = _ext().backward(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps,
+                            out, S, C, GA, GHN, dout, dhT, dcT)
+    return _placeholders(grads, out)
+
+
+def _backward_fake(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps, out,
+                   S, C, GA, GHN, dout, dhT, dcT):
+    t, b, h = out.shape
+    gh = h * _GATES[mode]
+    shapes = ((t, b, gh), (b, h), (b, h), (gh, h), (gh,), (gh,))
+    present = present_backward(mode, has_bias)
+    return tuple(out.new_empty(s if p else (0,)) for s, p in zip(shapes, present))
+
+
+def register() -> bool:
+    """Define the ops once per process (the loader calls it after loading the extension).
+
+    Returns False, registering nothing, on a torch without ``torch.library.custom_op`` (< 2.4):
+    :func:`forward` and :func:`backward` then call the extension directly (eager only, as before).
+    """
+    global _registered
+    if _registered:
+        return True
+    if not hasattr(torch.library, "custom_op") or not hasattr(torch.library, "register_fake"):
+        return False
+    for name, schema, impl, fake in (("fused_forward", FORWARD_SCHEMA, _forward_impl, _forward_fake),
+                                     ("fused_backward", BACKWARD_SCHEMA, _backward_impl, _backward_fake)):
+        op = torch.library.custom_op(f"{_NAMESPACE}::{name}", impl, mutates_args=(), device_types="cpu",
+                                     schema=schema)
+        op.register_fake(fake)
+    _registered = True
+    return True
+
+
+def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
+    """The extension's ``forward`` (same arguments), through the op if registered; ``None`` for outputs not made."""
+    mode, reset_after, save, steps = args[0], args[3], args[6], args[14]
+    if _registered:
+        outs = torch.ops.rnndrop.fused_forward(*args)
+        return as_optional(outs, present_forward(mode, reset_after, save, steps is not None))
+    return tuple(_ext().forward(*args))
+
+
+def backward(*args: object) -> tuple[torch.Tensor | None, ...]:
+    """The extension's ``backward`` (same arguments), through the op if registered; ``None`` for grads not made."""
+    mode, has_bias = args[0], args[9]
+    if _registered:
+        return as_optional(torch.ops.rnndrop.fused_backward(*args), present_backward(mode, has_bias))
+    return tuple(_ext().backward(*args))
