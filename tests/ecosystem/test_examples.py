@@ -56,11 +56,15 @@ def test_plain_loop_learns_and_its_checkpoint_reloads(tmp_path) -> None:
     assert accuracy == metrics["val_accuracy"]
 
 
-def test_plain_loop_under_torchrun_keeps_ranks_in_sync() -> None:
+def test_plain_loop_under_torchrun_keeps_ranks_in_sync(tmp_path) -> None:
     """Two processes launched by torchrun (as on several machines), with bf16 autocast."""
-    proc = _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                str(EXAMPLES / "train_plain.py"), "--steps", "6", "--bf16", "--json")
-    ranks = sorted(_json_lines(proc.stdout), key=lambda m: m["rank"])
+    # Each rank's stdout goes to its own file: two ranks printing to one pipe can interleave lines.
+    _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--log-dir", str(tmp_path), "--redirects", "1",
+         str(EXAMPLES / "train_plain.py"), "--steps", "6", "--bf16", "--json")
+    logs = sorted(tmp_path.rglob("stdout.log"))
+    assert len(logs) == 2, logs
+    ranks = sorted((m for log in logs for m in _json_lines(log.read_text())), key=lambda m: m["rank"])
     assert [m["rank"] for m in ranks] == [0, 1] and all(m["world_size"] == 2 for m in ranks)
     # Identical parameters after training give an identical validation loss on every rank ...
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
