@@ -112,6 +112,21 @@ def test_missing_extension_warns_once_and_matches_reference(monkeypatch) -> None
         rnndrop.GRU(3, 4, backend="fused")(x)
 
 
+def test_missing_extension_still_compiles_in_one_graph(monkeypatch) -> None:
+    # The once-per-process warning must not reach Dynamo (it cannot trace warnings.warn).
+    monkeypatch.setattr(loader, "_cache", (None, "simulated: extension not built"))
+    monkeypatch.setattr(registry, "_warned_unavailable", False)
+    torch._dynamo.reset()
+    layer = rnndrop.LSTM(3, 4, recurrent_dropout=0.3)
+    x = torch.randn(5, 2, 3)
+    masks = layer.sample_masks(2, 5, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    out, _ = compiled(x, dropout_masks=masks)
+    torch.testing.assert_close(out, layer(x, dropout_masks=masks)[0], rtol=0, atol=0)
+    assert registry._warned_unavailable  # the eager call above warned
+    torch._dynamo.reset()
+
+
 def test_loader_reports_a_missing_build_without_raising(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("RNNDROP_KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(loader, "_cache", None)

@@ -160,6 +160,11 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("triton", triton_ineligible, triton_run_direction),
 )
 
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 _warned_unavailable = False  # the CPU extension is missing (CPU tensors)
 _warned_triton = False  # triton is missing or too old (CUDA tensors)
 
@@ -195,6 +200,10 @@ def select_direction_fn(
         raise KernelUnavailableError(f"backend='fused' cannot run this call: {why}")
     # One warning per process when the implementation for the input's device is missing altogether
     # (not for calls a present kernel merely does not support: their reason is in last_backend_reason).
+    # Not while torch.compile traces: Dynamo cannot trace warnings.warn (fullgraph would fail); the next
+    # eager call warns instead.
+    if _is_compiling():
+        return run_direction, "reference", why
     if x.device.type == "cpu" and loader.unavailable_reason() is not None and not _warned_unavailable:
         _warned_unavailable = True
         warnings.warn(
