@@ -44,6 +44,9 @@ from torch import nn
 
 import rnndrop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script beside its helper module
+from bench_common import CellLoop, P
+
 CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "small": (32, 50, 32, 128),
     "main": (64, 100, 64, 256),
@@ -51,34 +54,7 @@ CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "large-batch": (256, 100, 256, 1024),
     "tiny": (4, 6, 3, 8),  # for the smoke test only
 }
-P = 0.25
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class CellLoop(nn.Module):
-    """The usual hand-written recurrent dropout: a Python loop over an nn cell, time-locked masks."""
-
-    def __init__(self, mode: str, input_size: int, hidden: int) -> None:
-        super().__init__()
-        self.mode = mode
-        self.cell = (nn.LSTMCell if mode == "LSTM" else nn.GRUCell)(input_size, hidden)
-        self.hidden = hidden
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t, b, _ = x.shape
-        keep = 1.0 - P
-        m_in = x.new_empty(b, x.shape[2]).bernoulli_(keep) / keep
-        m_h = x.new_empty(b, self.hidden).bernoulli_(keep) / keep
-        h = x.new_zeros(b, self.hidden)
-        c = x.new_zeros(b, self.hidden)
-        outs = []
-        for step in range(t):
-            if self.mode == "LSTM":
-                h, c = self.cell(x[step] * m_in, (h * m_h, c))
-            else:
-                h = self.cell(x[step] * m_in, h * m_h)
-            outs.append(h)
-        return torch.stack(outs)
 
 
 def variants(mode: str, input_size: int, hidden: int, device: str) -> dict[str, tuple[nn.Module, str | None]]:
