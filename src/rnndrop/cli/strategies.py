@@ -32,6 +32,16 @@ CELLS = ("lstm", "gru", "rnn")
 
 
 # ---------------------------------------------------------------------------------------------- model
+def recurrent_layer(
+    cell: str, input_size: int, hidden_size: int, rnn_kwargs: dict[str, Any] | None
+) -> rnndrop.RecurrentBase:
+    """The one batch-first rnndrop layer of the compared models, ``cell`` in :data:`CELLS`."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    layer = {"lstm": rnndrop.LSTM, "gru": rnndrop.GRU, "rnn": rnndrop.RNN}[cell]
+    return layer(input_size, hidden_size, batch_first=True, **(rnn_kwargs or {}))
+
+
 class SequenceClassifier(nn.Module):
     """``pre`` → one recurrent layer → ``post`` → linear head on the last real step's state.
 
@@ -57,11 +67,8 @@ class SequenceClassifier(nn.Module):
         rnn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.pre = pre if pre is not None else nn.Identity()
-        layer = {"lstm": rnndrop.LSTM, "gru": rnndrop.GRU, "rnn": rnndrop.RNN}[cell]
-        self.rnn = layer(input_size, hidden_size, batch_first=True, **(rnn_kwargs or {}))
+        self.rnn = recurrent_layer(cell, input_size, hidden_size, rnn_kwargs)
         self.post = post if post is not None else nn.Identity()
         self.head = nn.Linear(hidden_size, num_classes)
 
@@ -104,12 +111,9 @@ class CharLanguageModel(nn.Module):
         rnn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.pre = pre if pre is not None else nn.Identity()
-        layer = {"lstm": rnndrop.LSTM, "gru": rnndrop.GRU, "rnn": rnndrop.RNN}[cell]
-        self.rnn = layer(embed_size, hidden_size, batch_first=True, **(rnn_kwargs or {}))
+        self.rnn = recurrent_layer(cell, embed_size, hidden_size, rnn_kwargs)
         self.post = post if post is not None else nn.Identity()
         self.head = nn.Linear(hidden_size, vocab_size)
 
