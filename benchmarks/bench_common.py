@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -35,3 +40,23 @@ class CellLoop(nn.Module):
                 h = self.cell(x[step] * m_in, h * m_h)
             outs.append(h)
         return torch.stack(outs)
+
+
+def write_results(
+    out_path: Path, *, machine: dict[str, Any], configs: dict[str, dict[str, int]], repeats: int, warmup: int,
+    results: dict[str, Any], **extra: Any,
+) -> None:
+    """Write a run's JSON (date, machine, configs, settings, every round's figures) and say where."""
+    payload = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine,
+        **extra,
+        "configs": configs,
+        "repeats": repeats,
+        "warmup": warmup,
+        "dropout": P,
+        "results": results,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out_path}")

@@ -38,7 +38,6 @@ import argparse
 import ctypes
 import datetime as dt
 import gc
-import json
 import os
 import platform
 import statistics
@@ -53,7 +52,7 @@ from torch import nn
 import rnndrop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script beside its helper module
-from bench_common import CellLoop, P
+from bench_common import CellLoop, P, write_results
 
 CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "small": (32, 50, 32, 128),
@@ -226,18 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  {cfg_name} {mode}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print_table(results)
-    payload = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": info,
-        "configs": {k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
-        "repeats": repeats,
-        "warmup": args.warmup,
-        "dropout": P,
-        "results": results,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {out_path}")
+    write_results(
+        out_path, machine=info,
+        configs={k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
+        repeats=repeats, warmup=args.warmup, results=results,
+    )
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import sys
@@ -45,7 +44,7 @@ from torch import nn
 import rnndrop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script beside its helper module
-from bench_common import CellLoop, P
+from bench_common import CellLoop, P, write_results
 
 CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "small": (32, 50, 32, 128),
@@ -262,19 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(cfg_name, {})[mode] = entry
             print(f"  {cfg_name} {mode}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     print_table(results)
-    payload = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": info,
-        "amp": args.amp,
-        "configs": {k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
-        "repeats": repeats,
-        "warmup": args.warmup,
-        "dropout": P,
-        "results": results,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {out_path}")
+    write_results(
+        out_path, machine=info, amp=args.amp,
+        configs={k: dict(zip(("batch", "time", "input", "hidden"), CONFIGS[k])) for k in configs},
+        repeats=repeats, warmup=args.warmup, results=results,
+    )
     if args.profile is not None:
         profile("main", "LSTM", amp, args.profile)
     return 1 if failed else 0
