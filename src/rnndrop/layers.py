@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._kernels import BACKENDS, select_direction_fn
+from ._kernels import BACKENDS, select_stack_fn
 from ._pickling import GeneratorPicklingMixin
 from .activations import resolve_activation
 from .cells import NUM_GATES
@@ -34,7 +34,7 @@ from .masks import (
     check_gate_masks,
     check_probability,
 )
-from .reference import CellConfig, DirectionParams, run_direction, run_stack
+from .reference import CellConfig, DirectionParams, run_stack
 
 _DOC_DROPOUT_ARGS = """
     Dropout arguments (rnndrop's additions; all off by default, active only in training mode):
@@ -66,12 +66,16 @@ _DOC_DROPOUT_ARGS = """
             repeating the previous output (Keras's option of the same name). Default False.
         generator: a ``torch.Generator`` the masks are drawn from (default: torch's global RNG).
             ``forward(generator=...)`` overrides it for one call.
-        backend: ``"auto"`` (default) runs a compiled kernel when one supports the call (float32/64
-            parameters, no projection, tanh/sigmoid/relu/linear activations, no zoneout or candidate
-            dropout): the C++ extension for CPU tensors, the Triton kernels for CUDA tensors (also
-            under autocast); else the reference loop. ``"fused"`` insists on a kernel and raises
+        backend: ``"auto"`` (default) takes the fastest implementation that computes the call
+            exactly: torch's own kernel (oneDNN / cuDNN) when the call is torch.nn's maths once the
+            active dropout is folded in (eval mode or no dropout; a shared per-sample input mask on a
+            one-directional layer; ``mask_scope="batch"`` masks; DropConnect; between-layer dropout;
+            ``lengths=`` / packed input; torch's activations), else rnndrop's compiled kernel (float32/64
+            parameters, no projection, tanh/sigmoid/relu/linear activations): the C++ extension for CPU
+            tensors, the Triton kernels for CUDA tensors (also under autocast); else the reference loop.
+            ``"torch"`` / ``"fused"`` insist on torch's kernel / rnndrop's kernels and raise
             ``KernelUnavailableError`` with the reason; ``"reference"`` always runs the pure-torch loop.
-            ``layer.last_backend`` (``"fused"``, ``"triton"`` or ``"reference"``) /
+            ``layer.last_backend`` (``"torch"``, ``"fused"``, ``"triton"`` or ``"reference"``) /
             ``last_backend_reason`` tell what the last call ran and why.
 
     Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
@@ -100,7 +104,7 @@ _DOC_FORWARD = """
             ``(D * num_layers, N, ·)``.
 """
 
-Backend = Literal["auto", "fused", "reference"]
+Backend = Literal["auto", "torch", "fused", "reference"]
 
 
 def _exporter() -> str | None:
@@ -497,15 +501,13 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                     f"backend='fused' cannot be exported by {exporter}: the compiled kernel is not portable; "
                     "use backend='auto' (exports the equivalent reference loop) or backend='reference'"
                 )
-            direction_fn, self.last_backend = run_direction, "reference"
+            stack_fn, self.last_backend = run_stack, "reference"
             self.last_backend_reason = f"{exporter} exports the portable reference loop"
         else:
-            direction_fn, self.last_backend, self.last_backend_reason = select_direction_fn(
-                self.backend, self.cell_config, x, states, params, masks, steps
+            stack_fn, self.last_backend, self.last_backend_reason = select_stack_fn(
+                self.backend, self.cell_config, x, states, params, masks, steps, zero_masked
             )
-        output, finals = run_stack(
-            self.cell_config, x, states, params, masks, steps, zero_masked, direction_fn=direction_fn
-        )
+        output, finals = stack_fn(self.cell_config, x, states, params, masks, steps, zero_masked)
         if packed:
             sorted_idx = input.sorted_indices
             out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)

@@ -38,12 +38,16 @@ class Case:
     between_p: float = 0.0
     reset_after: bool = True
     activation: str = "tanh"
-    steps: str = "none"  # none | random | left | lengths | packed | empty_rows
+    steps: str = "none"  # none | random | left | lengths | lengths_nonzero | packed | empty_rows
     zero_output_for_mask: bool = False
     with_h0: bool = True
     dtype: torch.dtype = torch.float64
     seed: int = 0
     device: str = "cpu"  # everything is drawn on the CPU (same numbers everywhere), then moved here
+    mask_scope: str = "sample"
+    weight_p: float = 0.0
+    proj_size: int = 0  # LSTM only
+    training: bool = True  # False: eval mode, no masks injected (every dropout off)
 
 
 def _layer(case: Case, backend: str) -> rnndrop.RecurrentBase:
@@ -52,7 +56,10 @@ def _layer(case: Case, backend: str) -> rnndrop.RecurrentBase:
         "bidirectional": case.bidirectional, "dropout": case.between_p, "dtype": case.dtype,
         "input_dropout": case.input_p, "recurrent_dropout": case.recurrent_p, "gate_masks": case.gate_masks,
         "zero_output_for_mask": case.zero_output_for_mask, "backend": backend,
+        "mask_scope": case.mask_scope, "weight_dropout": case.weight_p,
     }
+    if case.proj_size:
+        kwargs["proj_size"] = case.proj_size
     if case.mode == "RNN":
         kwargs["nonlinearity"] = case.activation
     else:
@@ -75,6 +82,8 @@ def _step_mask(case: Case, g: torch.Generator) -> tuple[dict[str, Any], torch.Te
         return {"step_mask": m}, None
     if case.steps == "lengths":
         return {"lengths": lengths}, None
+    if case.steps == "lengths_nonzero":  # right padding, every sequence at least one step
+        return {"lengths": lengths.clamp(min=1)}, None
     if case.steps == "packed":
         lengths = lengths.clamp(min=1)
         lengths[-1] = t  # the padded length must be `time`, the masks were drawn for it
@@ -91,22 +100,26 @@ def masks_to(masks: rnndrop.DropoutMasks, device: str) -> rnndrop.DropoutMasks:
     return rnndrop.DropoutMasks(layers, tuple(None if t is None else t.to(device) for t in masks.between))
 
 
-def run_twins(case: Case) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
-    """Run fused and reference on the same everything; return ``{"pairs": [(name, fused, ref), ...],
+def run_twins(case: Case, backend: str = "fused") -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """Run ``backend`` and reference on the same everything; return ``{"pairs": [(name, fast, ref), ...],
     "backends": ...}``."""
     torch.manual_seed(case.seed)
     g = torch.Generator().manual_seed(case.seed)
-    fused, ref = _layer(case, "fused"), _layer(case, "reference")
+    fused, ref = _layer(case, backend), _layer(case, "reference")
     ref.load_state_dict(fused.state_dict())
     masks = masks_to(fused.sample_masks(case.batch, case.time, generator=g), case.device)
+    if not case.training:
+        fused.eval()
+        ref.eval()
+        masks = None
     fused.to(case.device)
     ref.to(case.device)
     b, t = case.batch, case.time
     shape = (b, t, case.input_size) if case.batch_first else (t, b, case.input_size)
     x = torch.randn(*shape, dtype=case.dtype, generator=g)
     rows = case.num_layers * (2 if case.bidirectional else 1)
-    states = [torch.randn(rows, b, case.hidden, dtype=case.dtype, generator=g) * 0.5
-              for _ in range(2 if case.mode == "LSTM" else 1)]
+    sizes = [case.proj_size or case.hidden] + ([case.hidden] if case.mode == "LSTM" else [])
+    states = [torch.randn(rows, b, size, dtype=case.dtype, generator=g) * 0.5 for size in sizes]
     kwargs, packed_lengths = _step_mask(case, g)
     kwargs = {k: v.to(case.device) for k, v in kwargs.items()}
     results = []

@@ -11,7 +11,7 @@ import torch
 
 import rnndrop
 from rnndrop import KernelUnavailableError, RnnDropValueError
-from rnndrop._kernels import loader, registry
+from rnndrop._kernels import loader, ops, registry
 
 
 class _Spy(types.ModuleType):
@@ -54,11 +54,9 @@ def test_reference_backend_never_calls_the_kernel(kernel, monkeypatch) -> None:
 @pytest.mark.parametrize(
     "make,reason",
     [
-        (lambda b: rnndrop.LSTM(3, 4, proj_size=2, backend=b), "proj_size"),
+        (lambda b: rnndrop.LSTM(3, 4, proj_size=2, recurrent_dropout=0.1, backend=b), "proj_size"),
         (lambda b: rnndrop.LSTM(3, 4, recurrent_activation="hard_sigmoid", backend=b), "hard_sigmoid"),
         (lambda b: rnndrop.GRU(3, 4, activation="gelu", backend=b), "gelu"),
-        (lambda b: rnndrop.LSTM(3, 4, zoneout_cell=0.2, backend=b), "zoneout"),
-        (lambda b: rnndrop.GRU(3, 4, candidate_dropout=0.2, backend=b), "candidate"),
         (lambda b: rnndrop.RNN(3, 4, dtype=torch.bfloat16, backend=b), "bfloat16"),
     ],
 )
@@ -73,11 +71,33 @@ def test_ineligible_calls_fall_back_or_raise_with_the_reason(kernel, make, reaso
         make("fused")(x)
 
 
-def test_autocast_falls_back(kernel) -> None:
-    layer = rnndrop.LSTM(3, 4)
+def test_bf16_autocast_runs_fused_where_the_cpu_has_bf16(kernel) -> None:
+    layer = rnndrop.LSTM(3, 4, recurrent_dropout=0.1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(torch.randn(4, 2, 3))
-    assert layer.last_backend == "reference" and "autocast" in layer.last_backend_reason
+    if ops.cpu_has_bf16():
+        assert layer.last_backend == "fused"
+    else:
+        assert layer.last_backend == "reference" and "AVX512_BF16" in layer.last_backend_reason
+
+
+def test_fp16_autocast_falls_back_with_the_reason(kernel) -> None:
+    layer = rnndrop.GRU(3, 4, recurrent_dropout=0.1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        layer(torch.randn(4, 2, 3))
+    assert layer.last_backend == "reference" and "torch.float16" in layer.last_backend_reason
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rnndrop.LSTM(3, 4, zoneout_hidden=0.2, zoneout_cell=0.3, candidate_dropout=0.2),
+    lambda: rnndrop.GRU(3, 4, zoneout_hidden=0.2, candidate_dropout=0.2),
+    lambda: rnndrop.RNN(3, 4, zoneout_hidden=0.2),
+    lambda: rnndrop.LSTM(3, 4, zoneout_hidden=0.2, zoneout_cell=0.3).eval(),  # the expectation in eval
+], ids=["lstm", "gru", "rnn", "lstm-eval"])
+def test_zoneout_and_candidate_run_fused(kernel, make) -> None:
+    layer = make()
+    layer(torch.randn(4, 2, 3))
+    assert layer.last_backend == "fused", layer.last_backend_reason
 
 
 def test_weight_dropout_runs_fused(kernel) -> None:
@@ -163,7 +183,7 @@ def test_disable_env_var(monkeypatch) -> None:
 def test_bias_gradients_do_not_share_storage(kernel) -> None:
     # The kernel computes d b_ih and d b_hh from one sum where they are equal; the two parameters
     # must still get separate tensors (an in-place op on one grad must not change the other).
-    layer = rnndrop.LSTM(3, 4)
+    layer = rnndrop.LSTM(3, 4, backend="fused")
     layer(torch.randn(5, 2, 3))[0].sum().backward()
     assert layer.last_backend == "fused"
     torch.testing.assert_close(layer.bias_ih_l0.grad, layer.bias_hh_l0.grad)

@@ -8,6 +8,6 @@ The C++ sources are under ``csrc/``; ``python -m rnndrop._kernels.build`` compil
 
 from __future__ import annotations
 
-from .registry import BACKENDS, KERNELS, Kernel, cpu_ineligible, select_direction_fn, triton_ineligible
+from .registry import BACKENDS, KERNELS, Kernel, cpu_ineligible, select_stack_fn, triton_ineligible
 
-__all__ = ["BACKENDS", "KERNELS", "Kernel", "cpu_ineligible", "select_direction_fn", "triton_ineligible"]
+__all__ = ["BACKENDS", "KERNELS", "Kernel", "cpu_ineligible", "select_stack_fn", "triton_ineligible"]

@@ -47,6 +47,25 @@ def _is_compiling() -> bool:
     return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The low-precision dtype of an active CPU autocast region, else ``None``."""
+    try:
+        enabled = torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        enabled = torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    get = getattr(torch, "get_autocast_dtype", None)
+    return get("cpu") if get is not None else torch.get_autocast_cpu_dtype()
+
+
+def _no_cpu_autocast(active: bool):
+    """A context without CPU autocast (when ``active``): the low-precision casts are explicit there."""
+    import contextlib
+
+    return torch.autocast("cpu", enabled=False) if active else contextlib.nullcontext()
+
+
 def refuse_double_backward(kernel: str) -> None:
     """Raise when a hand-written backward runs with ``create_graph=True`` (it is not differentiable).
 
@@ -73,30 +92,43 @@ class MaskedProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None, mask: torch.Tensor | None
+        ctx: Any,
+        x: torch.Tensor,
+        w_ih: torch.Tensor,
+        b_ih: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        lowp: torch.dtype | None = None,
     ) -> torch.Tensor:
         t, b, i = x.shape
         gh = w_ih.shape[0]
         blocks = 1 if mask is None else mask.shape[0]
         width = gh // blocks
         x2 = x.reshape(t * b, i)
+        # lowp (CPU autocast): the masked input and W_ih rounded to bf16, gi comes back in bf16 and
+        # the kernel widens it (b_ih is then added there, in float32). Autocast itself is off in here:
+        # the casts are explicit.
+        cast = (lambda v: v) if lowp is None else (lambda v: v.to(lowp))
+        out_dtype = x.dtype if lowp is None else lowp
         # Under torch.compile Dynamo refuses out= into the (non-contiguous) column blocks; the
         # compiler plans the memory itself, so the blocks are concatenated instead.
         compiling = blocks > 1 and _is_compiling()
-        gi = None if compiling else torch.empty(t * b, gh, dtype=x.dtype, device=x.device)
+        gi = None if compiling else torch.empty(t * b, gh, dtype=out_dtype, device=x.device)
         parts = []
-        for g in range(blocks):
-            cols = slice(g * width, (g + 1) * width)
-            xm = x2 if mask is None else (x * mask[g]).reshape(t * b, i)
-            out = None if gi is None else gi[:, cols]
-            if b_ih is None:
-                parts.append(torch.mm(xm, w_ih[cols].t(), out=out))
-            else:
-                parts.append(torch.addmm(b_ih[cols], xm, w_ih[cols].t(), out=out))
+        with _no_cpu_autocast(lowp is not None):
+            w_cast = cast(w_ih)
+            for g in range(blocks):
+                cols = slice(g * width, (g + 1) * width)
+                xm = cast(x2 if mask is None else (x * mask[g]).reshape(t * b, i))
+                out = None if gi is None else gi[:, cols]
+                if b_ih is None:
+                    parts.append(torch.mm(xm, w_cast[cols].t(), out=out))
+                else:
+                    parts.append(torch.addmm(cast(b_ih[cols]), xm, w_cast[cols].t(), out=out))
         if gi is None:
             gi = torch.cat(parts, dim=1)
         ctx.save_for_backward(x, w_ih, mask)
         ctx.has_bias = b_ih is not None
+        ctx.lowp = lowp
         return gi.view(t, b, gh)
 
     @staticmethod
@@ -107,21 +139,30 @@ class MaskedProjection(torch.autograd.Function):
         gh = w_ih.shape[0]
         blocks = 1 if mask is None else mask.shape[0]
         width = gh // blocks
+        lowp = ctx.lowp
+        # lowp: the matmuls in bf16 as in torch.nn's autocast backward, results widened to float32.
+        cast = (lambda v: v) if lowp is None else (lambda v: v.to(lowp))
         d2 = dgi.reshape(t * b, gh)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dx = torch.zeros_like(x) if need_x else None
         dw = torch.empty_like(w_ih) if need_w else None
-        for g in range(blocks):
-            cols = slice(g * width, (g + 1) * width)
-            dg = d2[:, cols]
-            if need_w:
-                xm = x.reshape(t * b, i) if mask is None else (x * mask[g]).reshape(t * b, i)
-                torch.mm(dg.t(), xm, out=dw[cols])
-            if need_x:
-                dxm = (dg @ w_ih[cols]).view(t, b, i)
-                dx += dxm if mask is None else dxm * mask[g]
-        db = d2.sum(0) if need_b and ctx.has_bias else None
-        return dx, dw, db, None
+        with _no_cpu_autocast(lowp is not None):
+            d2c = cast(d2)
+            w_cast = cast(w_ih) if need_x else None
+            for g in range(blocks):
+                cols = slice(g * width, (g + 1) * width)
+                dg = d2c[:, cols]
+                if need_w:
+                    xm = x.reshape(t * b, i) if mask is None else (x * mask[g]).reshape(t * b, i)
+                    if lowp is None:
+                        torch.mm(dg.t(), xm, out=dw[cols])
+                    else:
+                        dw[cols] = torch.mm(dg.t(), cast(xm))
+                if need_x:
+                    dxm = (dg @ w_cast[cols]).view(t, b, i)
+                    dx += dxm if mask is None else dxm * mask[g]
+        db = d2.sum(0).to(x.dtype) if need_b and ctx.has_bias else None
+        return dx, dw, db, None, None
 
 
 class FusedDirection(torch.autograd.Function):
@@ -129,8 +170,10 @@ class FusedDirection(torch.autograd.Function):
 
     Shapes: ``gi`` ``(T, B, G*H)`` = input projection *without* ``b_ih`` (added by the kernel);
     ``h0``, ``c0`` ``(B, H)``; ``w_hh`` ``(G*H, H)``; ``b_hh``, ``b_ih`` ``(G*H,)`` or both None;
-    ``rmask`` ``(G_m, B, H)`` or None;
-    ``steps`` ``(T, B)`` bool or None; ``out`` ``(T, B, H)`` time order even when reverse.
+    ``rmask`` ``(G_m, B, H)`` or None; ``steps`` ``(T, B)`` bool or None; ``cmask`` the candidate
+    (Semeniuta) mask ``(B, H)`` or None; ``zh`` / ``zc`` zoneout keep-previous weights of ``h`` / ``c``
+    ``(T|1, B|1, H|1)`` or None; ``out`` ``(T, B, H)`` time order even when reverse. Under CPU
+    autocast ``gi`` is bf16 and everything else float32.
     """
 
     @staticmethod
@@ -144,17 +187,22 @@ class FusedDirection(torch.autograd.Function):
         b_ih: torch.Tensor | None,
         rmask: torch.Tensor | None,
         steps: torch.Tensor | None,
+        cmask: torch.Tensor | None,
+        zh: torch.Tensor | None,
+        zc: torch.Tensor | None,
         opts: KernelOptions,
         save: bool,
     ) -> tuple[torch.Tensor, ...]:
-        out, h_t, c_t, s_buf, c_buf, ga, ghn = ops.forward(
+        out, h_t, c_t, s_buf, c_buf, ga, ghn, c_raw = ops.forward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
-            gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
+            gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc,
         )
         ctx.opts = opts
         ctx.has_bias = b_hh is not None
+        # bf16 gi (autocast): the per-step products and the weight gradient run in bf16 too.
+        ctx.lowp = gi.dtype == torch.bfloat16 and h0.dtype == torch.float32
         if save:
-            ctx.save_for_backward(h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn)
+            ctx.save_for_backward(h0, c0, w_hh, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw)
         ctx.saved = save
         return (out, h_t) if c_t is None else (out, h_t, c_t)
 
@@ -169,13 +217,13 @@ class FusedDirection(torch.autograd.Function):
         if not ctx.saved:
             raise RuntimeError("rnndrop fused kernel: backward through a forward run without saved activations")
         opts: KernelOptions = ctx.opts
-        h0, c0, w_hh, rmask, steps, out, s_buf, c_buf, ga, ghn = ctx.saved_tensors
+        h0, c0, w_hh, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw = ctx.saved_tensors
         dgi, dh0, dc0, dw, db_hh, db_ih = ops.backward(
-            opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
-            h0, c0, w_hh, ctx.has_bias, rmask, steps, out, s_buf, c_buf, ga, ghn,
+            opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, ctx.lowp,
+            h0, c0, w_hh, ctx.has_bias, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw,
             dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),
         )
-        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None
+        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None, None, None, None
 
 
 # (gi, h0, c0, w_hh, b_hh, rmask, steps), see prepare_direction.
@@ -195,11 +243,13 @@ def prepare_direction(
     reverse: bool,
     zero_masked_output: bool,
     input_bias_in_gi: bool = True,
+    lowp: torch.dtype | None = None,
 ) -> tuple[DirectionTensors, KernelOptions, bool]:
     """What every compiled recurrence (CPU extension, Triton) takes, from a ``run_direction`` call.
 
     With ``input_bias_in_gi=False`` ``gi`` leaves out ``b_ih`` (the CPU kernel adds it in its
     element-wise pass, saving a pass over ``gi``); the caller then passes ``params.b_ih`` on.
+    With ``lowp`` (``torch.bfloat16`` under CPU autocast) ``gi`` is computed and returned in that dtype.
 
     Runs the input projection of all timesteps (:class:`MaskedProjection`: one matmul per mask
     gate, its gradients one matmul each) and returns
@@ -211,7 +261,7 @@ def prepare_direction(
     imask = masks.input
     if imask is not None:
         imask = imask.expand(imask.shape[0], batch, imask.shape[2])
-    gi = MaskedProjection.apply(x, params.w_ih, params.b_ih if input_bias_in_gi else None, imask)
+    gi = MaskedProjection.apply(x, params.w_ih, params.b_ih if input_bias_in_gi else None, imask, lowp)
     rmask = masks.recurrent
     if rmask is not None:
         rmask = rmask.expand(rmask.shape[0], batch, rmask.shape[2]).contiguous()
@@ -247,11 +297,19 @@ def fused_run_direction(
 
     Only call it for configurations :func:`rnndrop._kernels.registry.cpu_ineligible` accepts.
     """
+    lowp = cpu_autocast_dtype()  # the registry admits bf16 here (on a CPU with AVX512_BF16), never fp16
     tensors, opts, save = prepare_direction(
-        cfg, x, state, params, masks, step_mask, reverse, zero_masked_output, input_bias_in_gi=False
+        cfg, x, state, params, masks, step_mask, reverse, zero_masked_output, input_bias_in_gi=False, lowp=lowp
     )
     gi, h0, c0, w_hh, b_hh, rmask, steps = tensors
     b_ih = None if params.b_ih is None else params.b_ih.contiguous()
     save = save or (torch.is_grad_enabled() and b_ih is not None and b_ih.requires_grad)
-    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, opts, save)
+    batch = x.shape[1]
+    # Candidate mask (1, B|1, H) -> (B, H); zoneout weights stay (T|1, B|1, H|1), broadcast in the kernel.
+    cmask = masks.candidate
+    if cmask is not None:
+        cmask = cmask[0].expand(batch, cmask.shape[2]).contiguous()
+    zh = None if masks.zoneout_h is None else masks.zoneout_h.contiguous()
+    zc = None if masks.zoneout_c is None else masks.zoneout_c.contiguous()
+    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save)
     return outs[0], tuple(outs[1:])

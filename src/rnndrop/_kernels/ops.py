@@ -27,22 +27,26 @@ _GATES = {_LSTM: 4, _GRU: 3, _RNN: 1}
 
 FORWARD_SCHEMA = (
     "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, bool save, "
-    "Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? b_ih, Tensor? rmask, Tensor? steps) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? b_ih, Tensor? rmask, Tensor? steps, "
+    "Tensor? cmask, Tensor? zh, Tensor? zc) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
-    "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, "
-    "Tensor h0, Tensor? c0, Tensor w_hh, bool has_bias, Tensor? rmask, Tensor? steps, Tensor out, "
-    "Tensor? S, Tensor? C, Tensor? GA, Tensor? GHN, Tensor dout, Tensor dhT, Tensor? dcT) "
+    "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, bool lowp, "
+    "Tensor h0, Tensor? c0, Tensor w_hh, bool has_bias, Tensor? rmask, Tensor? steps, "
+    "Tensor? cmask, Tensor? zh, Tensor? zc, Tensor out, "
+    "Tensor? S, Tensor? C, Tensor? GA, Tensor? GHN, Tensor? CR, Tensor dout, Tensor dhT, Tensor? dcT) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
-def present_forward(mode: int, reset_after: bool, save: bool, has_steps: bool) -> tuple[bool, ...]:
-    """Which of ``(out, h_T, c_T, S, C, GA, GHN)`` the forward produces (the others are placeholders)."""
+def present_forward(
+    mode: int, reset_after: bool, save: bool, has_steps: bool, has_zh: bool = False, has_zc: bool = False
+) -> tuple[bool, ...]:
+    """Which of ``(out, h_T, c_T, S, C, GA, GHN, CR)`` the forward produces (the others are placeholders)."""
     lstm = mode == _LSTM
-    return (True, True, lstm, has_steps, lstm and save, save and mode != _RNN,
-            save and mode == _GRU and reset_after)
+    return (True, True, lstm, has_steps, lstm and save, save and (mode != _RNN or has_zh),
+            save and mode == _GRU and reset_after, save and lstm and has_zc)
 
 
 def present_backward(mode: int, has_bias: bool) -> tuple[bool, ...]:
@@ -75,30 +79,33 @@ def registered() -> bool:
     return _registered
 
 
-def _forward_impl(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps):
+def _forward_impl(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
+                  cmask, zh, zc):
     outs = _ext().forward(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih,
-                          rmask, steps)
-    return _placeholders(outs, gi)
+                          rmask, steps, cmask, zh, zc)
+    return _placeholders(outs, h0)
 
 
-def _forward_fake(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps):
-    # The shapes csrc/cpu/rnn.cpp's forward allocates, (0,) where it returns an undefined tensor.
+def _forward_fake(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
+                  cmask, zh, zc):
+    # The shapes csrc/cpu/rnn.cpp's forward allocates (in the states' dtype: gi may be bf16 under
+    # autocast), (0,) where it returns an undefined tensor.
     t, b, gh = gi.shape
     h = gh // _GATES[mode]
-    shapes = ((t, b, h), (b, h), (b, h), (t, b, h), (t, b, h), (t, b, gh), (t, b, h))
-    present = present_forward(mode, reset_after, save, steps is not None)
-    return tuple(gi.new_empty(s if p else (0,)) for s, p in zip(shapes, present))
+    shapes = ((t, b, h), (b, h), (b, h), (t, b, h), (t, b, h), (t, b, gh), (t, b, h), (t, b, h))
+    present = present_forward(mode, reset_after, save, steps is not None, zh is not None, zc is not None)
+    return tuple(h0.new_empty(s if p else (0,)) for s, p in zip(shapes, present))
 
 
-def _backward_impl(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps, out,
-                   S, C, GA, GHN, dout, dhT, dcT):
-    grads = _ext().backward(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps,
-                            out, S, C, GA, GHN, dout, dhT, dcT)
+def _backward_impl(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask, steps,
+                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT):
+    grads = _ext().backward(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask,
+                            steps, cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT)
     return _placeholders(grads, out)
 
 
-def _backward_fake(mode, act, ract, reset_after, reverse, zero_fill, h0, c0, w_hh, has_bias, rmask, steps, out,
-                   S, C, GA, GHN, dout, dhT, dcT):
+def _backward_fake(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask, steps,
+                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT):
     t, b, h = out.shape
     gh = h * _GATES[mode]
     shapes = ((t, b, gh), (b, h), (b, h), (gh, h), (gh,), (gh,))
@@ -128,16 +135,23 @@ def register() -> bool:
 
 def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
     """The extension's ``forward`` (same arguments), through the op if registered; ``None`` for outputs not made."""
-    mode, reset_after, save, steps = args[0], args[3], args[6], args[14]
+    mode, reset_after, save, steps, zh, zc = args[0], args[3], args[6], args[14], args[16], args[17]
     if _registered:
         outs = torch.ops.rnndrop.fused_forward(*args)
-        return as_optional(outs, present_forward(mode, reset_after, save, steps is not None))
+        return as_optional(outs, present_forward(mode, reset_after, save, steps is not None, zh is not None,
+                                                 zc is not None))
     return tuple(_ext().forward(*args))
 
 
 def backward(*args: object) -> tuple[torch.Tensor | None, ...]:
     """The extension's ``backward`` (same arguments), through the op if registered; ``None`` for grads not made."""
-    mode, has_bias = args[0], args[9]
+    mode, has_bias = args[0], args[10]
     if _registered:
         return as_optional(torch.ops.rnndrop.fused_backward(*args), present_backward(mode, has_bias))
     return tuple(_ext().backward(*args))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the loaded extension runs bf16 (autocast) on this CPU (AVX512_BF16); False without it."""
+    ext = loader.load()
+    return bool(ext is not None and hasattr(ext, "cpu_has_bf16") and ext.cpu_has_bf16())

@@ -1,18 +1,29 @@
 """Which implementation runs a call: eligibility predicates (with reasons) and the selection.
 
-A kernel is registered as ``(name, predicate, direction_fn)``: the predicate returns ``None``
+A kernel is registered as ``(name, predicate, stack_fn)``: the predicate returns ``None``
 when the kernel can run a call exactly like the reference, else a short reason, so that
-``backend="fused"`` can raise with it and ``backend="auto"`` can fall back knowingly.
+``backend="fused"`` / ``"torch"`` can raise with it and ``backend="auto"`` can fall back knowingly.
+``stack_fn`` has the contract of :func:`rnndrop.reference.run_stack`; kernels that implement one
+direction plug their direction function into ``run_stack``.
+
+Order of preference (``backend="auto"`` takes the first that accepts the call):
+
+1. ``torch``: torch's own kernels (oneDNN / cuDNN) for calls whose maths is torch.nn's once the
+   active dropout is folded in (:mod:`.torch_native`);
+2. ``fused``: rnndrop's C++ CPU kernel (:mod:`.autograd`, ``csrc/cpu``);
+3. ``triton``: rnndrop's Triton kernels for CUDA tensors (:mod:`.triton_autograd`);
+4. the reference loop (:func:`rnndrop.reference.run_stack`).
 
 Options the kernels do not know fall back by construction: any field of
 :class:`~rnndrop.reference.CellConfig`, :class:`~rnndrop.masks.DirectionMasks` or
-:class:`~rnndrop.reference.DirectionParams` beyond the ones listed here (e.g. zoneout or
-Semeniuta masks added later) makes a call ineligible unless it holds its default value.
+:class:`~rnndrop.reference.DirectionParams` beyond the ones listed here (each kernel lists the
+mask kinds it implements) makes a call ineligible unless it holds its default value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,17 +32,25 @@ import torch
 
 from ..errors import KernelUnavailableError
 from ..masks import DropoutMasks
-from ..reference import CellConfig, DirectionFn, DirectionParams, run_direction
-from . import loader, triton_autograd
-from .autograd import ACTIVATION_CODES, fused_run_direction
+from ..reference import CellConfig, DirectionParams, run_stack
+from . import loader, ops, triton_autograd
+from .autograd import ACTIVATION_CODES, cpu_autocast_dtype, fused_run_direction
+from .torch_native import torch_ineligible, torch_run_stack
 from .triton_autograd import triton_run_direction
 
-# "fused" asks for a compiled kernel, whichever serves the device (CPU extension, Triton on CUDA).
-BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
+# "fused" asks for one of rnndrop's compiled kernels, whichever serves the device (CPU extension,
+# Triton on CUDA); "torch" for torch's own kernel (oneDNN / cuDNN).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "fused", "reference")
+# Which registry entries each explicit backend may use.
+_BACKEND_KERNELS = {"torch": ("torch",), "fused": ("fused", "triton")}
+
+# run_stack's signature: (cfg, x, init_states, params, masks, step_mask, zero_masked_output) -> (output, finals)
+StackFn = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
 
 _KNOWN_CELL_FIELDS = {"mode", "activation", "recurrent_activation", "reset_after"}
 # weight_hh (DropConnect) is folded into w_hh by run_stack before any direction function runs.
-_KNOWN_MASK_FIELDS = {"input", "recurrent", "weight_hh"}
+_TRITON_MASK_FIELDS = frozenset({"input", "recurrent", "weight_hh"})
+_CPU_MASK_FIELDS = _TRITON_MASK_FIELDS | {"candidate", "zoneout_h", "zoneout_c"}
 _KNOWN_PARAM_FIELDS = {"w_ih", "w_hh", "b_ih", "b_hh", "w_hr"}
 
 
@@ -45,41 +64,37 @@ class Call:
     params: Sequence[Sequence[DirectionParams]]
     masks: DropoutMasks | None
     step_mask: torch.Tensor | None
+    zero_masked_output: bool = False
 
 
 @dataclass(frozen=True)
 class Kernel:
     name: str
     ineligible: Callable[[Call], str | None]
-    direction_fn: DirectionFn
+    stack_fn: StackFn
 
 
-def _unknown_options(call: Call) -> str | None:
+def _unknown_options(call: Call, known_masks: frozenset[str], kernel: str) -> str | None:
     for f in dataclasses.fields(call.cfg):
         if f.name not in _KNOWN_CELL_FIELDS and getattr(call.cfg, f.name) != f.default:
-            return f"option {f.name}={getattr(call.cfg, f.name)!r} is not implemented by the fused kernel"
+            return f"option {f.name}={getattr(call.cfg, f.name)!r} is not implemented by the {kernel}"
     for layer in call.params:
         for p in layer:
             for f in dataclasses.fields(p):
                 if f.name not in _KNOWN_PARAM_FIELDS and getattr(p, f.name) is not None:
-                    return f"parameter {f.name} is not implemented by the fused kernel"
+                    return f"parameter {f.name} is not implemented by the {kernel}"
     if call.masks is not None:
         for layer in call.masks.layers:
             for m in layer:
                 for f in dataclasses.fields(m):
-                    if f.name not in _KNOWN_MASK_FIELDS and getattr(m, f.name) is not None:
-                        return f"{f.name} masks are not implemented by the fused kernel"
+                    if f.name not in known_masks and getattr(m, f.name) is not None:
+                        return f"{f.name} masks are not implemented by the {kernel}"
     return None
 
 
-def _autocast_cpu() -> bool:
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # torch < 2.4
-        return bool(torch.is_autocast_cpu_enabled())
-
-
-def _kernel_ineligible(call: Call, kernel: str, dtypes: tuple[torch.dtype, ...]) -> str | None:
+def _kernel_ineligible(
+    call: Call, kernel: str, dtypes: tuple[torch.dtype, ...], known_masks: frozenset[str]
+) -> str | None:
     """The checks every compiled kernel shares: cells, activations, options, dtypes, one device."""
     cfg, x = call.cfg, call.x
     if cfg.mode not in ("LSTM", "GRU", "RNN"):
@@ -92,7 +107,7 @@ def _kernel_ineligible(call: Call, kernel: str, dtypes: tuple[torch.dtype, ...])
     if cfg.mode != "RNN" and cfg.recurrent_activation not in ACTIVATION_CODES:
         return (f"recurrent_activation {cfg.recurrent_activation!r} is not implemented by the {kernel} "
                 f"({sorted(ACTIVATION_CODES)} are)")
-    reason = _unknown_options(call)
+    reason = _unknown_options(call, known_masks, kernel)
     if reason is not None:
         return reason
     tensors: list[torch.Tensor] = [*call.init_states]
@@ -104,7 +119,7 @@ def _kernel_ineligible(call: Call, kernel: str, dtypes: tuple[torch.dtype, ...])
     if call.masks is not None:
         for layer in call.masks.layers:
             for m in layer:
-                for t in (m.input, m.recurrent):
+                for t in (m.input, m.recurrent, m.candidate, m.zoneout_h, m.zoneout_c):
                     if t is None:
                         continue
                     if t.requires_grad:
@@ -128,11 +143,17 @@ def cpu_ineligible(call: Call) -> str | None:
         return reason
     if call.x.device.type != "cpu":
         return f"input is on {call.x.device}, the fused kernel is CPU only"
-    if _autocast_cpu():
-        return "CPU autocast is on; mixed precision runs on the reference path"
+    lowp = cpu_autocast_dtype()
+    if lowp is not None:
+        if lowp != torch.bfloat16:
+            return f"CPU autocast to {lowp} runs on the reference path (the fused kernel does bf16)"
+        if call.x.dtype != torch.float32:
+            return f"CPU autocast with {call.x.dtype} parameters runs on the reference path (float32 is fused)"
+        if not ops.cpu_has_bf16():
+            return "CPU autocast to bfloat16 needs AVX512_BF16 on this CPU (it has none); reference path"
     if any((p.b_ih is None) != (p.b_hh is None) for layer in call.params for p in layer):
         return "only one of b_ih / b_hh is given (the fused kernel takes both or neither)"
-    return _kernel_ineligible(call, "fused kernel", (torch.float32, torch.float64))
+    return _kernel_ineligible(call, "fused kernel", (torch.float32, torch.float64), _CPU_MASK_FIELDS)
 
 
 def triton_ineligible(call: Call) -> str | None:
@@ -152,12 +173,13 @@ def triton_ineligible(call: Call) -> str | None:
         return reason
     if call.x.shape[1] == 0:
         return "empty batch (nothing to launch)"
-    return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64))
+    return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64), _TRITON_MASK_FIELDS)
 
 
 KERNELS: tuple[Kernel, ...] = (
-    Kernel("fused", cpu_ineligible, fused_run_direction),
-    Kernel("triton", triton_ineligible, triton_run_direction),
+    Kernel("torch", torch_ineligible, torch_run_stack),
+    Kernel("fused", cpu_ineligible, functools.partial(run_stack, direction_fn=fused_run_direction)),
+    Kernel("triton", triton_ineligible, functools.partial(run_stack, direction_fn=triton_run_direction)),
 )
 
 def _is_compiling() -> bool:
@@ -169,7 +191,7 @@ _warned_unavailable = False  # the CPU extension is missing (CPU tensors)
 _warned_triton = False  # triton is missing or too old (CUDA tensors)
 
 
-def select_direction_fn(
+def select_stack_fn(
     backend: str,
     cfg: CellConfig,
     x: torch.Tensor,
@@ -177,33 +199,38 @@ def select_direction_fn(
     params: Sequence[Sequence[DirectionParams]],
     masks: DropoutMasks | None,
     step_mask: torch.Tensor | None,
-) -> tuple[DirectionFn, str, str | None]:
-    """Pick the implementation of one direction for a call.
+    zero_masked_output: bool = False,
+) -> tuple[StackFn, str, str | None]:
+    """Pick the implementation of a whole stacked-layer call.
 
-    Returns ``(direction_fn, backend_name, reason)`` where ``reason`` says why the fused kernel
-    was not used (``None`` when it was, or when ``backend="reference"`` asked for the reference).
-    ``backend="fused"`` raises :class:`KernelUnavailableError` with the reason instead of falling
-    back; ``"auto"`` falls back, warning once per process when the extension itself is missing.
+    Returns ``(stack_fn, backend_name, reason)`` where ``reason`` says why no kernel was used
+    (``None`` when one was, or when ``backend="reference"`` asked for the reference).
+    ``backend="fused"`` / ``"torch"`` raise :class:`KernelUnavailableError` with the reasons of
+    their kernels instead of falling back; ``"auto"`` falls back, warning once per process when the
+    extension itself is missing.
     """
     global _warned_unavailable, _warned_triton
     if backend == "reference":
-        return run_direction, "reference", None
-    call = Call(cfg, x, init_states, params, masks, step_mask)
+        return run_stack, "reference", None
+    call = Call(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
+    allowed = _BACKEND_KERNELS.get(backend)
     reasons = []
     for kernel in KERNELS:
+        if allowed is not None and kernel.name not in allowed:
+            continue
         reason = kernel.ineligible(call)
         if reason is None:
-            return kernel.direction_fn, kernel.name, None
-        reasons.append(reason)
+            return kernel.stack_fn, kernel.name, None
+        reasons.append(f"{kernel.name}: {reason}")
     why = "; ".join(reasons)
-    if backend == "fused":
-        raise KernelUnavailableError(f"backend='fused' cannot run this call: {why}")
+    if allowed is not None:
+        raise KernelUnavailableError(f"backend={backend!r} cannot run this call: {why}")
     # One warning per process when the implementation for the input's device is missing altogether
     # (not for calls a present kernel merely does not support: their reason is in last_backend_reason).
     # Not while torch.compile traces: Dynamo cannot trace warnings.warn (fullgraph would fail); the next
     # eager call warns instead.
     if _is_compiling():
-        return run_direction, "reference", why
+        return run_stack, "reference", why
     if x.device.type == "cpu" and loader.unavailable_reason() is not None and not _warned_unavailable:
         _warned_unavailable = True
         warnings.warn(
@@ -217,4 +244,4 @@ def select_direction_fn(
             _warned_triton = True
             warnings.warn(f"rnndrop: using the slower reference path on CUDA because {missing}",
                           RuntimeWarning, stacklevel=4)
-    return run_direction, "reference", why
+    return run_stack, "reference", why

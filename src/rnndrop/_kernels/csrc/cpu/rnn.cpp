@@ -128,8 +128,9 @@ constexpr int64_t kRows = 6;    // rows per micro-tile
 
 template <typename T>
 struct Operand {
-  Tensor mat;     // (K, N) view of W_hh (for at::mm)
-  Tensor packed;  // (ceil(N/64) * K * 64) panels, or undefined
+  Tensor mat;        // (K, N) view of W_hh (for at::mm)
+  Tensor packed;     // float32: (ceil(N/64) * K * 64) panels, or undefined
+  Tensor packed_lp;  // bf16 (low-precision mode): (ceil(N/64) * ceil(K/2) * 64 * 2) k-pair panels, or undefined
   int64_t K = 0, N = 0;
 };
 
@@ -191,7 +192,118 @@ inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, con
     }
   }
 }
+
+// ---- bf16 (autocast): the same tiles on AVX512_BF16's vdpbf16ps, float32 accumulation.
+// B is packed as k-pair panels ([panel][k/2][64 columns][2]) so that one 32-bit broadcast of A's
+// (a_k, a_k+1) pair and one zmm of B (16 columns x 2 k) feed one vdpbf16ps. A (the masked state,
+// or the gate gradients in the backward) is rounded to bf16 (round to nearest even, as torch)
+// into a per-thread buffer each step; the product comes back in float32, unrounded.
+// Compiled for the AVX512_BF16 target only here; callers check cpu_has_bf16() at run time.
+#define RNNDROP_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+template <int MR>
+RNNDROP_BF16_TARGET void micro_tile_bf16(int64_t KP, const uint16_t* __restrict a, int64_t lda,
+                                         const uint16_t* __restrict bp, float* __restrict c, int64_t ldc,
+                                         int64_t ncols) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < KP; ++kp) {
+    const uint16_t* b = bp + kp * 2 * kPanel;
+    const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 32);
+    const __m512i b2 = _mm512_loadu_si512(b + 64), b3 = _mm512_loadu_si512(b + 96);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * kp, sizeof(pair));
+      const __m512i av = _mm512_set1_epi32(pair);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)av, (__m512bh)b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)av, (__m512bh)b1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], (__m512bh)av, (__m512bh)b2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], (__m512bh)av, (__m512bh)b3);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = ncols - v * 16;
+      if (left >= 16) {
+        _mm512_storeu_ps(cr + v * 16, acc[r][v]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(cr + v * 16, static_cast<__mmask16>((1u << left) - 1u), acc[r][v]);
+      }
+    }
+  }
+}
+
+// dst[0..n) <- bf16(src[0..n)), then zeros up to `padded` (an even row length).
+RNNDROP_BF16_TARGET void round_row_bf16(uint16_t* dst, const float* src, int64_t n, int64_t padded) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), (__m256i)v);
+  }
+  if (j < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1u);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j));
+    _mm256_mask_storeu_epi16(dst + j, m, (__m256i)v);
+  }
+  for (int64_t k = n; k < padded; ++k) dst[k] = 0;
+}
+
+RNNDROP_BF16_TARGET void gemm_packed_bf16(float* c, const float* a, int64_t rows, int64_t lda,
+                                          const Operand<float>& b) {
+  const int64_t K = b.K, N = b.N, KP = (K + 1) / 2, panels = (N + kPanel - 1) / kPanel;
+  const int64_t la = 2 * KP;
+  // One buffer per worker thread, reused across steps and calls.
+  static thread_local std::vector<uint16_t> abuf;
+  if (static_cast<int64_t>(abuf.size()) < rows * la) abuf.resize(rows * la);
+  uint16_t* al = abuf.data();
+  for (int64_t r = 0; r < rows; ++r) round_row_bf16(al + r * la, a + r * lda, K, la);
+  const uint16_t* packed = reinterpret_cast<const uint16_t*>(b.packed_lp.data_ptr<at::BFloat16>());
+  for (int64_t p = 0; p < panels; ++p) {
+    const uint16_t* bp = packed + p * KP * 2 * kPanel;
+    const int64_t ncols = std::min(kPanel, N - p * kPanel);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const uint16_t* ar = al + r0 * la;
+      float* cr = c + r0 * N + p * kPanel;
+      switch (std::min(kRows, rows - r0)) {
+        case 6: micro_tile_bf16<6>(KP, ar, la, bp, cr, N, ncols); break;
+        case 5: micro_tile_bf16<5>(KP, ar, la, bp, cr, N, ncols); break;
+        case 4: micro_tile_bf16<4>(KP, ar, la, bp, cr, N, ncols); break;
+        case 3: micro_tile_bf16<3>(KP, ar, la, bp, cr, N, ncols); break;
+        case 2: micro_tile_bf16<2>(KP, ar, la, bp, cr, N, ncols); break;
+        default: micro_tile_bf16<1>(KP, ar, la, bp, cr, N, ncols); break;
+      }
+    }
+  }
+}
+
+// gi rows in bf16 (the autocast input projection) widened to float32 (exact: bf16 is a prefix of float32).
+inline void widen_row_bf16(float* dst, const at::BFloat16* src, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j)));
+    _mm512_storeu_ps(dst + j, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+  for (; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
 #endif
+
+// Whether this CPU runs the bf16 micro-kernel (AVX512_BF16: AMD Zen 4, Intel Cooper Lake / Sapphire Rapids+).
+bool cpu_has_bf16() {
+#if RNNDROP_MICROKERNEL
+  static const bool yes = __builtin_cpu_supports("avx512bf16");
+  return yes;
+#else
+  return false;
+#endif
+}
 
 // Pack mat (K, N), any strides, into zero-padded panel-major form.
 inline Tensor pack_panels(const Tensor& mat) {
@@ -206,14 +318,34 @@ inline Tensor pack_panels(const Tensor& mat) {
   return out;
 }
 
+// Pack mat (K, N) float32, any strides, into zero-padded bf16 k-pair panels ([panel][k/2][64][2]).
+inline Tensor pack_panels_bf16(const Tensor& mat) {
+  const int64_t K = mat.size(0), N = mat.size(1), KP = (K + 1) / 2, panels = (N + kPanel - 1) / kPanel;
+  Tensor out = at::zeros({panels * KP * kPanel * 2}, mat.options().dtype(at::kBFloat16));
+  at::BFloat16* o = out.data_ptr<at::BFloat16>();
+  const float* m = mat.data_ptr<float>();
+  const int64_t sk = mat.stride(0), sn = mat.stride(1);
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n)
+        o[((p * KP + k / 2) * kPanel + (n - p * kPanel)) * 2 + (k & 1)] = at::BFloat16(m[k * sk + n * sn]);
+  return out;
+}
+
 template <typename T>
-Operand<T> make_operand(const Tensor& mat) {
+Operand<T> make_operand(const Tensor& mat, bool lowp) {
   Operand<T> op;
   op.mat = mat;
   op.K = mat.size(0);
   op.N = mat.size(1);
 #if RNNDROP_MICROKERNEL
-  if constexpr (std::is_same_v<T, float>) op.packed = pack_panels(mat);
+  if constexpr (std::is_same_v<T, float>) {
+    if (lowp) {
+      op.packed_lp = pack_panels_bf16(mat);
+    } else {
+      op.packed = pack_panels(mat);
+    }
+  }
 #endif
   return op;
 }
@@ -224,6 +356,10 @@ void mm_into(T* out, const T* a, int64_t rows, int64_t lda, const Operand<T>& b)
   if (rows == 0) return;
 #if RNNDROP_MICROKERNEL
   if constexpr (std::is_same_v<T, float>) {
+    if (b.packed_lp.defined()) {
+      gemm_packed_bf16(out, a, rows, lda, b);
+      return;
+    }
     if (b.packed.defined()) {
       gemm_packed(out, a, rows, lda, b);
       return;
@@ -236,17 +372,31 @@ void mm_into(T* out, const T* a, int64_t rows, int64_t lda, const Operand<T>& b)
 
 // ---------------------------------------------------------------- problem description
 
+// Zoneout weights w (keep-previous) of one direction: (Tz, Bz, Hz) with each size either full or 1
+// (training: (T, B|1, H) Bernoulli draws; eval: (1, 1, 1) holding z). Broadcast by zero strides.
+template <typename T>
+struct ZoneMask {
+  const T* p = nullptr;
+  int64_t st = 0, sb = 0, sj = 0;
+  bool on() const { return p != nullptr; }
+  const T* row(int64_t t, int64_t b) const { return p + t * st + b * sb; }
+};
+
 template <typename T>
 struct Problem {
   int64_t mode, act, ract;
   bool reset_after, reverse, zero_fill, save;
   int64_t Tn, B, H, G, GH, Gm;
+  bool lowp = false;  // bf16 autocast: per-step products on bf16 operands (float32 accumulation)
   const T* gi;
+  const at::BFloat16* gi_lp = nullptr;  // gi in bf16 (lowp), else nullptr and gi is used
   const T* h0;
   const T* c0;
   const T* bias;     // b_hh or nullptr
   const T* bias_ih;  // b_ih or nullptr (not yet in gi)
   const T* mask;  // (Gm, B, H) or nullptr
+  const T* cand = nullptr;  // (B, H) candidate (Semeniuta) mask or nullptr
+  ZoneMask<T> zh, zc;       // zoneout weights of h and (LSTM) c; off when p is null
   const bool* steps;
   Tensor w;    // (GH, H)
   Tensor wT;   // (H, GH) view
@@ -257,6 +407,8 @@ struct Problem {
   T* C;
   T* GA;
   T* GHN;
+  T* CR = nullptr;  // (T, B, H) walk order, LSTM raw new c before zoneout (saved with zoneout of c)
+  const T* cand_row(int64_t b) const { return cand ? cand + b * H : nullptr; }
 
   int64_t tix(int64_t s) const { return reverse ? Tn - 1 - s : s; }
   // State h after walk step s (row b).
@@ -264,6 +416,18 @@ struct Problem {
   // State h before walk step s (row b): h0 or the state after step s-1.
   const T* hprev(int64_t s, int64_t b) const { return s == 0 ? h0 + b * H : state(s - 1, b); }
   const T* m(int64_t g, int64_t b) const { return mask + (g * B + b) * H; }
+  // Row (t, b) of gi in T; a bf16 gi is widened into `scratch` (GH values).
+  const T* gi_row(int64_t t, int64_t b, T* scratch) const {
+#if RNNDROP_MICROKERNEL
+    if constexpr (std::is_same_v<T, float>) {
+      if (gi_lp) {
+        widen_row_bf16(scratch, gi_lp + (t * B + b) * GH, GH);
+        return scratch;
+      }
+    }
+#endif
+    return gi + (t * B + b) * GH;
+  }
   bool keep(int64_t t, int64_t b) const { return steps == nullptr || steps[t * B + b]; }
   const T* bhh(int64_t k) const { return bias ? bias + k * H : nullptr; }
   const T* bih(int64_t k) const { return bias_ih ? bias_ih + k * H : nullptr; }
@@ -275,7 +439,7 @@ struct Problem {
     const int64_t ng = gru_rb ? 2 : G;
     auto add = [&](int64_t g0, int64_t n) {
       Tensor blk = (g0 == 0 && n == G) ? w : w.narrow(0, g0 * H, n * H);
-      ops.emplace(op_key(trans, g0, n), make_operand<T>(trans ? blk.t() : blk));
+      ops.emplace(op_key(trans, g0, n), make_operand<T>(trans ? blk.t() : blk, lowp));
     };
     if (Gm == G && G > 1) {
       for (int64_t g = 0; g < ng; ++g) add(g, 1);
@@ -365,6 +529,53 @@ inline void preact(T* __restrict dst, const T* __restrict gi, const T* __restric
   }
 }
 
+// torch.lerp(new, old, w) as ATen's CPU kernel computes it: exact at w = 0 and w = 1.
+template <typename T>
+inline T lerp_(T a, T b, T w) {
+  return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+}
+
+// dst <- lerp(raw, prev, w_t): zoneout of one row (dst may not alias raw or prev).
+template <typename T>
+inline void zoneout_row(T* __restrict dst, const T* __restrict raw, const T* __restrict prev, const ZoneMask<T>& z,
+                        int64_t t, int64_t b, int64_t H) {
+  const T* w = z.row(t, b);
+  if (z.sj == 0) {
+    const T wv = w[0];
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dst[j] = lerp_(raw[j], prev[j], wv);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dst[j] = lerp_(raw[j], prev[j], w[j]);
+  }
+}
+
+// Backward of zoneout_row for one row: g <- (1 - w) g (into the raw state), carry <- w g (into the previous).
+template <typename T>
+inline void zoneout_grad_row(T* __restrict g, T* __restrict carry, const ZoneMask<T>& z, int64_t t, int64_t b,
+                             int64_t H) {
+  const T* w = z.row(t, b);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T wv = z.sj == 0 ? w[0] : w[j];
+    carry[j] = g[j] * wv;
+    g[j] = g[j] * (T(1) - wv);
+  }
+}
+
+// GRU's new state h = (1 - z) * (d * n) + z * h_prev (d: the candidate mask or none).
+template <typename T>
+inline void gru_update(T* __restrict hn, const T* __restrict z, const T* __restrict n, const T* __restrict hp,
+                       const T* __restrict d, int64_t H) {
+  if (d) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * (n[j] * d[j]) + z[j] * hp[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
+  }
+}
+
 // Step-mask bookkeeping shared by all cells for one row after the new h is in `hnew`:
 // keeps it (state and output) or carries the previous state over (Keras rule).
 template <typename T>
@@ -403,24 +614,40 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
   const int64_t nb = b1 - b0, H = P.H, G = P.G, GH = P.GH, B = P.B;
   const bool per_gate = P.Gm == G && G > 1;
   const bool gru_rb = P.mode == kGRU && !P.reset_after;
+  const bool zone_h = P.zh.on(), zone_c = P.zc.on();
   const int64_t ng_first = gru_rb ? 2 : G;  // gates of the first (or only) recurrent matmul
   const int64_t gs = per_gate ? nb * H : H;
   const int64_t rs = per_gate ? H : ng_first * H;
   const int64_t n_gh = ng_first * nb * H, n_hm = std::max<int64_t>(P.Gm, 1) * nb * H;
   const int64_t n_ga = P.save ? 0 : nb * GH, n_c = (P.mode == kLSTM && !P.save) ? 2 * nb * H : 0;
   const int64_t n_gru = P.mode == kGRU ? 2 * nb * H : 0;  // u and gh_n (reset_after=False) or GHN scratch
-  Tensor buf = scratch<T>(n_gh + n_hm + n_ga + n_c + n_gru + H);
+  Tensor buf = scratch<T>(n_gh + n_hm + n_ga + n_c + n_gru + 3 * H + GH);
   T* gh = buf.data_ptr<T>();
   T* hm = gh + n_gh;
   T* gtmp = hm + n_hm;
   T* cbuf = gtmp + n_ga;
   T* gbuf = cbuf + n_c;
   T* tc = gbuf + n_gru;
+  T* hraw = tc + H;     // the cell's new h before zoneout
+  T* craw = hraw + H;   // the LSTM's new c before zoneout (when not saved in CR)
+  T* girow = craw + H;  // a bf16 gi row widened (lowp)
   std::vector<char> seen(nb, 0);
 
   auto ga_row = [&](int64_t t, int64_t b) { return P.save ? P.GA + (t * B + b0 + b) * GH : gtmp + b * GH; };
   auto c_row = [&](int64_t s, int64_t b) {
     return P.save ? P.C + (s * B + b0 + b) * H : cbuf + ((s & 1) * nb + b) * H;
+  };
+  // Where the new h goes: straight to its storage, or first to a buffer when zoneout mixes it with
+  // the previous h (the RNN keeps the raw h in GA for the backward: its activation's derivative).
+  auto h_target = [&](int64_t s, int64_t t, int64_t b) -> T* {
+    if (zone_h) return (P.mode == kRNN && P.save) ? P.GA + (t * B + b0 + b) * GH : hraw;
+    return P.steps ? P.state(s, b0 + b) : P.out + (t * B + b0 + b) * H;
+  };
+  // Zoneout of h: storage <- lerp(h_raw, h_prev, w_t); returns the storage row.
+  auto finish_h = [&](int64_t s, int64_t t, int64_t b, const T* hr, const T* hp) -> T* {
+    T* hn = P.steps ? P.state(s, b0 + b) : P.out + (t * B + b0 + b) * H;
+    if (zone_h) zoneout_row(hn, hr, hp, P.zh, t, b0 + b, H);
+    return hn;
   };
 
   for (int64_t s = 0; s < P.Tn; ++s) {
@@ -433,7 +660,7 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t bg = b0 + b;
         T* ga = ga_row(t, b);
-        const T* gir = P.gi + (t * B + bg) * GH;
+        const T* gir = P.gi_row(t, bg, girow);
         for (int64_t k = 0; k < 2; ++k)
           preact(ga + k * H, gir + k * H, gh + k * gs + b * rs, P.bih(k), P.bhh(k), H);
         activate(P.ract, ga, 2 * H);
@@ -453,28 +680,25 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t bg = b0 + b;
         T* ga = ga_row(t, b);
-        const T* gir = P.gi + (t * B + bg) * GH;
+        const T* gir = P.gi_row(t, bg, girow);
         preact(ga + 2 * H, gir + 2 * H, ghn + b * H, P.bih(2), P.bhh(2), H);
         activate(P.act, ga + 2 * H, H);
         const T* hp = P.hprev(s, bg);
-        T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
-        const T *z = ga + H, *n = ga + 2 * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
-        store_step(P, s, t, bg, hn, seen[b]);
+        T* hr = h_target(s, t, b);
+        gru_update(hr, ga + H, ga + 2 * H, hp, P.cand_row(bg), H);
+        store_step(P, s, t, bg, finish_h(s, t, b, hr, hp), seen[b]);
       }
       continue;
     }
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t bg = b0 + b;
-      const T* gir = P.gi + (t * B + bg) * GH;
+      const T* gir = P.gi_row(t, bg, girow);
       const T* hp = P.hprev(s, bg);
-      // New h goes straight to its storage; store_step then applies the step mask.
-      T* hn = P.steps ? P.state(s, bg) : P.out + (t * B + bg) * H;
+      T* hr = h_target(s, t, b);
       if (P.mode == kRNN) {
-        preact(hn, gir, gh + b * rs, P.bih(0), P.bhh(0), H);
-        activate(P.act, hn, H);
-        store_step(P, s, t, bg, hn, seen[b]);
+        preact(hr, gir, gh + b * rs, P.bih(0), P.bhh(0), H);
+        activate(P.act, hr, H);
+        store_step(P, s, t, bg, finish_h(s, t, b, hr, hp), seen[b]);
         continue;
       }
       T* ga = ga_row(t, b);
@@ -502,9 +726,8 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
           for (int64_t j = 0; j < H; ++j) n[j] = gin[j] + r[j] * ghn[j];
         }
         activate(P.act, n, H);
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) hn[j] = (T(1) - z[j]) * n[j] + z[j] * hp[j];
-        store_step(P, s, t, bg, hn, seen[b]);
+        gru_update(hr, z, n, hp, P.cand_row(bg), H);
+        store_step(P, s, t, bg, finish_h(s, t, b, hr, hp), seen[b]);
         continue;
       }
       // LSTM
@@ -516,13 +739,22 @@ void forward_rows(const Problem<T>& P, T* hT, T* cT, int64_t b0, int64_t b1) {
       const T *i = ga, *f = ga + H, *g = ga + 2 * H, *o = ga + 3 * H;
       const T* cp = s == 0 ? P.c0 + bg * H : c_row(s - 1, b);
       T* cn = c_row(s, b);
+      // The raw new c: in cn directly, or (zoneout of c) in CR / a buffer, then mixed into cn.
+      T* cr = !zone_c ? cn : (P.save ? P.CR + (s * B + bg) * H : craw);
+      const T* d = P.cand_row(bg);
+      if (d) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) cn[j] = f[j] * cp[j] + i[j] * g[j];
-      std::memcpy(tc, cn, H * sizeof(T));
+        for (int64_t j = 0; j < H; ++j) cr[j] = f[j] * cp[j] + i[j] * (g[j] * d[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) cr[j] = f[j] * cp[j] + i[j] * g[j];
+      }
+      std::memcpy(tc, cr, H * sizeof(T));
       activate(P.act, tc, H);
-      mul_rows(hn, o, tc, H);
+      mul_rows(hr, o, tc, H);
+      if (zone_c) zoneout_row(cn, cr, cp, P.zc, t, bg, H);
       if (P.steps && !P.keep(t, bg)) std::memcpy(cn, cp, H * sizeof(T));  // carry c over
-      store_step(P, s, t, bg, hn, seen[b]);
+      store_step(P, s, t, bg, finish_h(s, t, b, hr, hp), seen[b]);
     }
   }
   // Final (carried) states of these rows.
@@ -550,8 +782,9 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
   const int64_t nb = b1 - b0, H = P.H, G = P.G, GH = P.GH, B = P.B, Tn = P.Tn;
   const bool per_gate = P.Gm == G && G > 1;
   const bool gru_rb = P.mode == kGRU && !P.reset_after;
+  const bool zone_h = P.zh.on(), zone_c = P.zc.on();
   const int64_t n_dhm = (per_gate ? G : 1) * nb * H;
-  Tensor buf = scratch<T>(4 * nb * H + n_dhm + 2 * H);
+  Tensor buf = scratch<T>(5 * nb * H + n_dhm + 3 * H);
   T* dh = buf.data_ptr<T>();
   T* dc = dh + nb * H;
   T* ddir = dc + nb * H;
@@ -559,6 +792,8 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
   T* dhm = du + nb * H;
   T* tc = dhm + n_dhm;
   T* tmp = tc + H;
+  T* zcarry = tmp + H;       // zoneout of h: the part of dh that goes straight to h_{t-1} (nb * H)
+  T* ccarry = zcarry + nb * H;  // zoneout of c: the same for one row of dc (H)
   std::memcpy(dh, D.dhT + b0 * H, nb * H * sizeof(T));
   if (P.mode == kLSTM) std::memcpy(dc, D.dcT + b0 * H, nb * H * sizeof(T));
 
@@ -594,22 +829,41 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
         if (D.dGH != D.dGI) std::memset(D.dGH + (t * B + bg) * GH, 0, GH * sizeof(T));
         continue;
       }
-      const T* dhb = dh + b * H;
+      T* dhb = dh + b * H;
+      if (zone_h) {  // h = lerp(h_raw, h_prev, w): d h_raw = (1 - w) dh, d h_prev gets w dh
+        zoneout_grad_row(dhb, zcarry + b * H, P.zh, t, bg, H);
+      }
       if (P.mode == kRNN) {
         std::memcpy(dg, dhb, H * sizeof(T));
-        act_grad(P.act, P.state(s, bg), dg, H);
+        // The activation's derivative from its output: the raw h (kept in GA under zoneout).
+        act_grad(P.act, zone_h ? P.GA + (t * B + bg) * GH : P.state(s, bg), dg, H);
         continue;
       }
       const T* ga = P.GA + (t * B + bg) * GH;
+      const T* d = P.cand_row(bg);
       if (P.mode == kGRU) {
         const T *r = ga, *z = ga + H, *n = ga + 2 * H;
         const T* hp = P.hprev(s, bg);
         T* dd = ddir + b * H;
+        if (d) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          dg[2 * H + j] = dhb[j] * (T(1) - z[j]);
-          dg[H + j] = dhb[j] * (hp[j] - n[j]);
-          dd[j] = dhb[j] * z[j];
+          for (int64_t j = 0; j < H; ++j) {
+            dg[2 * H + j] = (dhb[j] * (T(1) - z[j])) * d[j];
+            dg[H + j] = dhb[j] * (hp[j] - n[j] * d[j]);
+            dd[j] = dhb[j] * z[j];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            dg[2 * H + j] = dhb[j] * (T(1) - z[j]);
+            dg[H + j] = dhb[j] * (hp[j] - n[j]);
+            dd[j] = dhb[j] * z[j];
+          }
+        }
+        if (zone_h) {
+          const T* zc_ = zcarry + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) dd[j] += zc_[j];
         }
         act_grad(P.act, n, dg + 2 * H, H);
         act_grad(P.ract, z, dg + H, H);
@@ -628,21 +882,38 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
       }
       // LSTM
       const T *i = ga, *f = ga + H, *gg = ga + 2 * H, *o = ga + 3 * H;
-      const T* cn = P.C + (s * B + bg) * H;
+      // The raw new c (before zoneout) is what tanh saw; the carried one is what the next step used.
+      const T* cn = (zone_c ? P.CR : P.C) + (s * B + bg) * H;
       const T* cp = s == 0 ? P.c0 + bg * H : P.C + ((s - 1) * B + bg) * H;
       T* dcb = dc + b * H;
+      if (zone_c) zoneout_grad_row(dcb, ccarry, P.zc, t, bg, H);
       std::memcpy(tc, cn, H * sizeof(T));
       activate(P.act, tc, H);
       mul_rows(dg + 3 * H, dhb, tc, H);  // d o
       mul_rows(tmp, dhb, o, H);
       act_grad(P.act, tc, tmp, H);
+      if (d) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T dcc = dcb[j] + tmp[j];
-        dg[j] = dcc * gg[j];
-        dg[H + j] = dcc * cp[j];
-        dg[2 * H + j] = dcc * i[j];
-        dcb[j] = dcc * f[j];
+        for (int64_t j = 0; j < H; ++j) {
+          const T dcc = dcb[j] + tmp[j];
+          dg[j] = dcc * (gg[j] * d[j]);
+          dg[H + j] = dcc * cp[j];
+          dg[2 * H + j] = (dcc * i[j]) * d[j];
+          dcb[j] = dcc * f[j];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T dcc = dcb[j] + tmp[j];
+          dg[j] = dcc * gg[j];
+          dg[H + j] = dcc * cp[j];
+          dg[2 * H + j] = dcc * i[j];
+          dcb[j] = dcc * f[j];
+        }
+      }
+      if (zone_c) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dcb[j] += ccarry[j];
       }
       act_grad(P.ract, i, dg, H);
       act_grad(P.ract, f, dg + H, H);
@@ -675,7 +946,8 @@ void backward_rows(const Problem<T>& P, const Grads<T>& D, int64_t b0, int64_t b
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t bg = b0 + b;
       if (!P.keep(t, bg)) continue;  // carried over: dh (and dc) pass through unchanged
-      rec_grad_row(P, dhm, nb, b, bg, 0, ng, P.mode == kGRU ? ddir + b * H : nullptr, dh + b * H);
+      const T* base = P.mode == kGRU ? ddir + b * H : (zone_h ? zcarry + b * H : nullptr);
+      rec_grad_row(P, dhm, nb, b, bg, 0, ng, base, dh + b * H);
     }
   }
   std::memcpy(D.dh0 + b0 * H, dh, nb * H * sizeof(T));
@@ -693,7 +965,9 @@ template <typename T>
 Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
                         bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
                         const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& b_ih,
-                        const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
+                        const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps,
+                        const c10::optional<Tensor>& cmask, const c10::optional<Tensor>& zh,
+                        const c10::optional<Tensor>& zc) {
   Problem<T> P;
   P.mode = mode;
   P.act = act;
@@ -708,8 +982,17 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   P.GH = gi.size(2);
   P.H = P.GH / P.G;
   P.Gm = rmask && rmask->defined() ? rmask->size(0) : 0;
-  P.gi = gi.data_ptr<T>();
+  if (gi.scalar_type() == at::kBFloat16) {  // autocast: the projection came in bf16
+    P.lowp = true;
+    P.gi = nullptr;
+    P.gi_lp = gi.data_ptr<at::BFloat16>();
+  } else {
+    P.gi = gi.data_ptr<T>();
+  }
   P.h0 = h0.data_ptr<T>();
+  P.cand = (cmask && cmask->defined()) ? cmask->data_ptr<T>() : nullptr;
+  set_zone(P.zh, zh);
+  set_zone(P.zc, zc);
   P.c0 = (c0 && c0->defined()) ? c0->data_ptr<T>() : nullptr;
   P.bias = (b_hh && b_hh->defined()) ? b_hh->data_ptr<T>() : nullptr;
   P.bias_ih = (b_ih && b_ih->defined()) ? b_ih->data_ptr<T>() : nullptr;
@@ -722,18 +1005,38 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   return P;
 }
 
+// Zoneout weights: a contiguous (Tz, Bz, Hz) tensor, each size full or 1 (broadcast).
+template <typename T>
+void set_zone(ZoneMask<T>& z, const c10::optional<Tensor>& w) {
+  if (!w || !w->defined()) return;
+  const int64_t Tz = w->size(0), Bz = w->size(1), Hz = w->size(2);
+  z.p = w->data_ptr<T>();
+  z.st = Tz > 1 ? Bz * Hz : 0;
+  z.sb = Bz > 1 ? Hz : 0;
+  z.sj = Hz > 1 ? 1 : 0;
+}
+
 void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
                   const Tensor& w_hh, const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& b_ih,
-                  const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps) {
+                  const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps,
+                  const c10::optional<Tensor>& cmask, const c10::optional<Tensor>& zh,
+                  const c10::optional<Tensor>& zc) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "rnndrop kernel: unknown mode ", mode);
   TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous(), "rnndrop kernel: gi must be a contiguous (T, B, G*H) tensor");
-  const int64_t G = num_gates(mode), B = gi.size(1), GH = gi.size(2), H = GH / G;
+  const int64_t Tn = gi.size(0), G = num_gates(mode), B = gi.size(1), GH = gi.size(2), H = GH / G;
   TORCH_CHECK(GH == G * H, "rnndrop kernel: gi's last dimension must be a multiple of ", G);
-  TORCH_CHECK(gi.size(0) >= 1, "rnndrop kernel: need at least one timestep");
+  TORCH_CHECK(Tn >= 1, "rnndrop kernel: need at least one timestep");
+  // The states' dtype is the kernel's; gi may be bf16 with float32 states (autocast).
+  const auto dtype = h0.scalar_type();
+  TORCH_CHECK(gi.scalar_type() == dtype || (gi.scalar_type() == at::kBFloat16 && dtype == at::kFloat),
+              "rnndrop kernel: gi must have the states' dtype, or be bf16 with float32 states; got ",
+              gi.scalar_type(), " and ", dtype);
+  TORCH_CHECK(gi.scalar_type() != at::kBFloat16 || cpu_has_bf16(),
+              "rnndrop kernel: bf16 needs a CPU with AVX512_BF16");
   auto same = [&](const Tensor& x, at::IntArrayRef shape, const char* name) {
-    TORCH_CHECK(x.sizes() == shape && x.is_contiguous() && x.scalar_type() == gi.scalar_type() && x.is_cpu(),
+    TORCH_CHECK(x.sizes() == shape && x.is_contiguous() && x.scalar_type() == dtype && x.is_cpu(),
                 "rnndrop kernel: ", name, " must be a contiguous CPU tensor of shape ", shape, " and dtype ",
-                gi.scalar_type(), ", got ", x.sizes());
+                dtype, ", got ", x.sizes(), " ", x.scalar_type());
   };
   same(h0, {B, H}, "h0");
   if (mode == kLSTM) {
@@ -754,6 +1057,18 @@ void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::o
     TORCH_CHECK(steps->scalar_type() == at::kBool && steps->is_contiguous() && steps->sizes() == at::IntArrayRef({gi.size(0), B}),
                 "rnndrop kernel: steps must be a contiguous (T, B) bool tensor");
   }
+  TORCH_CHECK(!(cmask && cmask->defined()) || mode != kRNN, "rnndrop kernel: the candidate mask is for LSTM / GRU");
+  if (cmask && cmask->defined()) same(*cmask, {B, H}, "cmask");
+  TORCH_CHECK(!(zc && zc->defined()) || mode == kLSTM, "rnndrop kernel: zoneout of c is for LSTM");
+  for (const auto* z : {&zh, &zc}) {
+    if (!*z || !(*z)->defined()) continue;
+    const Tensor& w = **z;
+    TORCH_CHECK(w.dim() == 3 && w.is_contiguous() && w.scalar_type() == dtype && w.is_cpu() &&
+                    (w.size(0) == 1 || w.size(0) == Tn) && (w.size(1) == 1 || w.size(1) == B) &&
+                    (w.size(2) == 1 || w.size(2) == H),
+                "rnndrop kernel: zoneout weights must be contiguous (1|T, 1|B, 1|H) of the states' dtype, got ",
+                w.sizes());
+  }
 }
 
 // Returns {out (T,B,H), hT, cT, S, C, GA, GHN}; tensors a configuration does not use are undefined.
@@ -761,23 +1076,27 @@ std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_
                             bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
                             const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
                             const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& rmask,
-                            const c10::optional<Tensor>& steps) {
-  check_inputs(mode, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps);
+                            const c10::optional<Tensor>& steps, const c10::optional<Tensor>& cmask,
+                            const c10::optional<Tensor>& zh, const c10::optional<Tensor>& zc) {
+  check_inputs(mode, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc);
   const int64_t Tn = gi.size(0), B = gi.size(1), G = num_gates(mode), H = gi.size(2) / G;
-  const auto opts = gi.options();
-  Tensor out = at::empty({Tn, B, H}, opts), hT = at::empty({B, H}, opts), cT, S, C, GA, GHN;
+  const auto opts = h0.options();
+  const bool has_zh = zh && zh->defined(), has_zc = zc && zc->defined();
+  Tensor out = at::empty({Tn, B, H}, opts), hT = at::empty({B, H}, opts), cT, S, C, GA, GHN, CR;
   const bool has_steps = steps && steps->defined();
   if (has_steps) S = at::empty({Tn, B, H}, opts);
   if (mode == kLSTM) {
     cT = at::empty({B, H}, opts);
     if (save) C = at::empty({Tn, B, H}, opts);
   }
-  if (save && mode != kRNN) GA = at::empty({Tn, B, G * H}, opts);
+  if (save && (mode != kRNN || has_zh)) GA = at::empty({Tn, B, G * H}, opts);  // RNN: its raw h under zoneout
   if (save && mode == kGRU && reset_after) GHN = at::empty({Tn, B, H}, opts);
-  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnndrop_forward", [&] {
+  if (save && mode == kLSTM && has_zc) CR = at::empty({Tn, B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnndrop_forward", [&] {
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh,
-                                    b_ih, rmask, steps);
+                                    b_ih, rmask, steps, cmask, zh, zc);
     P.prepare(true);
+    P.CR = CR.defined() ? CR.data_ptr<scalar_t>() : nullptr;
     P.out = out.data_ptr<scalar_t>();
     P.S = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
     P.C = C.defined() ? C.data_ptr<scalar_t>() : nullptr;
@@ -790,7 +1109,7 @@ std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_
       forward_rows(P, hTp, cTp, b0, b1);
     });
   });
-  return {out, hT, cT, S, C, GA, GHN};
+  return {out, hT, cT, S, C, GA, GHN, CR};
 }
 
 // The inputs of every step's recurrent matmul, time order: (T, B, H) = h_{t-1} in walk terms.
@@ -804,11 +1123,15 @@ Tensor prev_states(const Tensor& h0, const Tensor& out, const c10::optional<Tens
 
 // Returns {dgi, dh0, dc0, dw_hh, db_hh, db_ih}.
 std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
-                             const Tensor& h0, const c10::optional<Tensor>& c0, const Tensor& w_hh, bool has_bias,
-                             const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps, const Tensor& out,
-                             const c10::optional<Tensor>& S, const c10::optional<Tensor>& C,
-                             const c10::optional<Tensor>& GA, const c10::optional<Tensor>& GHN, const Tensor& dout,
+                             bool lowp, const Tensor& h0, const c10::optional<Tensor>& c0, const Tensor& w_hh,
+                             bool has_bias, const c10::optional<Tensor>& rmask, const c10::optional<Tensor>& steps,
+                             const c10::optional<Tensor>& cmask, const c10::optional<Tensor>& zh,
+                             const c10::optional<Tensor>& zc, const Tensor& out, const c10::optional<Tensor>& S,
+                             const c10::optional<Tensor>& C, const c10::optional<Tensor>& GA,
+                             const c10::optional<Tensor>& GHN, const c10::optional<Tensor>& CR, const Tensor& dout,
                              const Tensor& dhT, const c10::optional<Tensor>& dcT) {
+  TORCH_CHECK(!lowp || (out.scalar_type() == at::kFloat && cpu_has_bf16()),
+              "rnndrop kernel: the bf16 backward needs float32 states and a CPU with AVX512_BF16");
   const int64_t Tn = out.size(0), B = out.size(1), H = out.size(2), G = num_gates(mode), GH = G * H;
   TORCH_CHECK(dout.is_contiguous() && dout.sizes() == out.sizes(), "rnndrop kernel: dout must be contiguous (T,B,H)");
   TORCH_CHECK(dhT.is_contiguous() && dhT.sizes() == h0.sizes(), "rnndrop kernel: dhT must be contiguous (B,H)");
@@ -820,8 +1143,10 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnndrop_backward", [&] {
     // dGI only carries the sizes here (P.gi is never read by the backward).
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, true, dGI, h0, c0, w_hh,
-                                    c10::nullopt, c10::nullopt, rmask, steps);
+                                    c10::nullopt, c10::nullopt, rmask, steps, cmask, zh, zc);
+    P.lowp = lowp;
     P.prepare(false);
+    P.CR = (CR && CR->defined()) ? CR->data_ptr<scalar_t>() : nullptr;
     P.out = const_cast<scalar_t*>(out.data_ptr<scalar_t>());
     P.S = (S && S->defined()) ? S->data_ptr<scalar_t>() : nullptr;
     P.C = (C && C->defined()) ? C->data_ptr<scalar_t>() : nullptr;
@@ -849,22 +1174,31 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
   auto masked = [&](int64_t g) { return Gm <= 1 ? prev : prev * rmask->select(0, g).unsqueeze(0); };
   Tensor src = dGH.view({Tn * B, GH});
   Tensor dW = at::empty({GH, H}, opts);
+  // o <- a @ b over all timesteps; in bf16 (ATen's oneDNN matmul) under autocast, like torch.nn's
+  // backward there: operands rounded to bf16, float32 accumulation, the result rounded to bf16.
+  auto wgrad = [&](Tensor& o, const Tensor& a, const Tensor& b) {
+    if (lowp) {
+      o.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
+    } else {
+      at::mm_out(o, a, b);
+    }
+  };
   const bool gru_rb = mode == kGRU && !reset_after;
   const int64_t ng = gru_rb ? 2 : G;
   if (Gm == G && G > 1) {
     for (int64_t g = 0; g < ng; ++g) {
       Tensor o = dW.narrow(0, g * H, H);
-      at::mm_out(o, src.narrow(1, g * H, H).t(), masked(g).view({Tn * B, H}));
+      wgrad(o, src.narrow(1, g * H, H).t(), masked(g).view({Tn * B, H}));
     }
   } else {
     Tensor o = dW.narrow(0, 0, ng * H);
-    at::mm_out(o, src.narrow(1, 0, ng * H).t(), masked(0).view({Tn * B, H}));
+    wgrad(o, src.narrow(1, 0, ng * H).t(), masked(0).view({Tn * B, H}));
   }
   if (gru_rb) {
     Tensor r = GA->narrow(2, 0, H);
     Tensor u = r * (Gm <= 1 ? prev : prev * rmask->select(0, 2).unsqueeze(0));
     Tensor o = dW.narrow(0, 2 * H, H);
-    at::mm_out(o, src.narrow(1, 2 * H, H).t(), u.reshape({Tn * B, H}));
+    wgrad(o, src.narrow(1, 2 * H, H).t(), u.reshape({Tn * B, H}));
   }
   // Bias gradients: b_hh sees the recurrent pre-activations, b_ih the input-side ones; they are
   // the same sums except for the GRU with reset_after (clone: two parameters never share a grad).
@@ -882,5 +1216,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnndrop fused CPU recurrences (see rnndrop/_kernels)";
   m.def("forward", &rnndrop::forward, "fused forward of one direction");
   m.def("backward", &rnndrop::backward, "hand-derived backward (BPTT) of one direction");
-  m.attr("ABI_VERSION") = 1;
+  m.def("cpu_has_bf16", &rnndrop::cpu_has_bf16, "whether this CPU runs the bf16 (autocast) micro-kernel");
+  m.attr("ABI_VERSION") = 2;
 }
