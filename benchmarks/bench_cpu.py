@@ -5,20 +5,31 @@ One command, everything side by side in one process::
     .venv/bin/python benchmarks/bench_cpu.py            # full run (small, main, large configs)
     .venv/bin/python benchmarks/bench_cpu.py --quick    # small config, fewer repeats
 
-For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures, float32:
+For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures:
 
-* ``torch.nn``            torch.nn.LSTM / GRU without dropout — the bar every ratio is taken to;
+* ``torch.nn``            torch.nn.LSTM / GRU without dropout, float32 — the bar every ratio is taken to;
+* ``torch.nn bf16``       the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` — the bar of the
+                          bf16 rows (the table shows both ratios);
+* ``auto eval``           rnndrop with dropout 0.25/0.25 in eval mode (every dropout off), ``backend="auto"``:
+                          torch's own kernel;
+* ``auto batch-scope``    rnndrop, input+recurrent dropout 0.25 per gate with ``mask_scope="batch"``, training
+                          mode: torch's kernel with the masks folded into the weights;
 * ``fused``               rnndrop, compiled kernel, no dropout;
-* ``fused+drop``          rnndrop, compiled kernel, input_dropout = recurrent_dropout = 0.25, shared masks;
+* ``fused+drop``          rnndrop, compiled kernel, input_dropout = recurrent_dropout = 0.25, shared masks,
+                          one mask per sequence (the default scope);
 * ``fused+drop/gate``     the same with one mask per gate (Keras's layout);
+* ``fused+drop bf16``     ``fused+drop`` under bf16 autocast;
+* ``fused+drop+zoneout``  ``fused+drop`` plus zoneout 0.1 on h (and on c for the LSTM);
+* ``fused+drop+cand``     ``fused+drop`` plus candidate (Semeniuta) dropout 0.25;
 * ``reference+drop``      rnndrop's pure-torch reference loop with the same dropout;
 * ``cell loop+drop``      a plain Python loop over torch.nn.LSTMCell / GRUCell with time-locked masks
                           on x and h (what PyTorch users write today).
 
 Times: one *training step* (forward, ``sum`` loss, backward; gradients reset to None) and one
-*inference* call (forward under ``torch.no_grad``; torch.nn and ``fused`` in eval mode, dropout
-variants in training mode, i.e. Monte-Carlo dropout). Every variant is warmed up, then the
-variants run interleaved round after round and each reports the median of its rounds.
+*inference* call (forward under ``torch.no_grad``; torch.nn, ``fused`` and ``auto eval`` in eval
+mode, dropout variants in training mode, i.e. Monte-Carlo dropout). Every variant is warmed up,
+then the variants run interleaved round after round and each reports the median of its rounds.
+Before timing, every rnndrop variant is checked to run the backend its name says.
 
 Peak memory of a training step, per variant: the growth of the process's resident set during
 one step, read from Linux's ``VmHWM`` after resetting it (``/proc/self/clear_refs`` = 5) and
@@ -44,6 +55,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,18 +74,42 @@ CONFIGS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def variants(mode: str, input_size: int, hidden: int) -> dict[str, tuple[nn.Module, str | None]]:
-    """name -> (module, expected rnndrop backend or None)."""
+@dataclass
+class Variant:
+    """One row of the table: a module, how it runs, and the rnndrop backend it must take (checked)."""
+
+    module: nn.Module
+    backend: str | None = None  # expected ``last_backend``; None for torch.nn and the cell loop
+    train_mode: bool = True  # module.train() for the training step (False: eval, e.g. ``auto eval``)
+    mc_inference: bool = False  # inference in training mode (Monte-Carlo dropout)
+    bf16: bool = False  # under CPU autocast to bfloat16
+
+
+def variants(mode: str, input_size: int, hidden: int) -> dict[str, Variant]:
+    """name -> Variant, in table order."""
     torch_cls = nn.LSTM if mode == "LSTM" else nn.GRU
     ours = rnndrop.LSTM if mode == "LSTM" else rnndrop.GRU
     drop = {"input_dropout": P, "recurrent_dropout": P}
+    zone = {"zoneout_hidden": 0.1, **({"zoneout_cell": 0.1} if mode == "LSTM" else {})}
     return {
-        "torch.nn": (torch_cls(input_size, hidden), None),
-        "fused": (ours(input_size, hidden, backend="fused"), "fused"),
-        "fused+drop": (ours(input_size, hidden, backend="fused", **drop), "fused"),
-        "fused+drop/gate": (ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop), "fused"),
-        "reference+drop": (ours(input_size, hidden, backend="reference", **drop), "reference"),
-        "cell loop+drop": (CellLoop(mode, input_size, hidden), None),
+        "torch.nn": Variant(torch_cls(input_size, hidden)),
+        "torch.nn bf16": Variant(torch_cls(input_size, hidden), bf16=True),
+        "auto eval": Variant(ours(input_size, hidden, **drop), "torch", train_mode=False),
+        "auto batch-scope": Variant(ours(input_size, hidden, gate_masks="per_gate", mask_scope="batch", **drop),
+                                    "torch", mc_inference=True),
+        "fused": Variant(ours(input_size, hidden, backend="fused"), "fused"),
+        "fused+drop": Variant(ours(input_size, hidden, backend="fused", **drop), "fused", mc_inference=True),
+        "fused+drop/gate": Variant(ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop),
+                                   "fused", mc_inference=True),
+        "fused+drop bf16": Variant(ours(input_size, hidden, backend="fused", **drop), "fused", mc_inference=True,
+                                   bf16=True),
+        "fused+drop+zoneout": Variant(ours(input_size, hidden, backend="fused", **drop, **zone), "fused",
+                                      mc_inference=True),
+        "fused+drop+cand": Variant(ours(input_size, hidden, backend="fused", candidate_dropout=P, **drop), "fused",
+                                   mc_inference=True),
+        "reference+drop": Variant(ours(input_size, hidden, backend="reference", **drop), "reference",
+                                  mc_inference=True),
+        "cell loop+drop": Variant(CellLoop(mode, input_size, hidden), mc_inference=True),
     }
 
 
@@ -81,17 +117,23 @@ def _first(out: object) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
 
 
-def train_step(module: nn.Module, x: torch.Tensor) -> None:
-    module.train()
-    for p in module.parameters():
+def _autocast(v: Variant):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.bf16)
+
+
+def train_step(v: Variant, x: torch.Tensor) -> None:
+    v.module.train(v.train_mode)
+    for p in v.module.parameters():
         p.grad = None
-    _first(module(x)).sum().backward()
+    with _autocast(v):
+        loss = _first(v.module(x)).float().sum()
+    loss.backward()
 
 
-def infer_step(name: str, module: nn.Module, x: torch.Tensor) -> None:
-    module.train("drop" in name)  # dropout variants: Monte-Carlo dropout; others eval
-    with torch.no_grad():
-        module(x)
+def infer_step(v: Variant, x: torch.Tensor) -> None:
+    v.module.train(v.mc_inference)
+    with torch.no_grad(), _autocast(v):
+        v.module(x)
 
 
 _libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
@@ -126,16 +168,18 @@ def bench_config(cfg_name: str, mode: str, repeats: int, warmup: int, with_memor
     mods = variants(mode, input_size, hidden)
     x = torch.randn(steps, batch, input_size)
     runs: dict[str, dict[str, Callable[[], None]]] = {}
-    for name, (module, _) in mods.items():
+    for name, v in mods.items():
         runs[name] = {
-            "train": (lambda m=module: train_step(m, x)),
-            "infer": (lambda m=module, n=name: infer_step(n, m, x)),
+            "train": (lambda v=v: train_step(v, x)),
+            "infer": (lambda v=v: infer_step(v, x)),
         }
     # Check the backend really used before timing anything (a silent fallback would fake the figures).
-    for name, (module, expected) in mods.items():
-        runs[name]["train"]()
-        if expected is not None:
-            assert module.last_backend == expected, f"{name} ran {module.last_backend}: {module.last_backend_reason}"
+    for name, v in mods.items():
+        for kind in ("train", "infer"):
+            runs[name][kind]()
+            if v.backend is not None:
+                got = v.module.last_backend
+                assert got == v.backend, f"{name} ({kind}) ran {got}: {v.module.last_backend_reason}"
     times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in mods}
     for kind in ("train", "infer"):
         for _ in range(warmup):
@@ -178,21 +222,26 @@ def machine() -> dict[str, object]:
 
 
 def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
-    header = (f"{'config':<7} {'cell':<5} {'variant':<16} {'train ms':>9} {'ratio':>6} "
-              f"{'infer ms':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    """Ratios to torch.nn float32; bf16 rows also to torch.nn under the same autocast ("bf16 bar")."""
+    header = (f"{'config':<7} {'cell':<5} {'variant':<19} {'train ms':>9} {'ratio':>6} {'/bf16':>6} "
+              f"{'infer ms':>9} {'ratio':>6} {'/bf16':>6} {'peak MiB':>9} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     for cfg_name, by_mode in results.items():
         for mode, by_variant in by_mode.items():
             bar = by_variant["torch.nn"]
+            bar16 = by_variant.get("torch.nn bf16")
             for name, e in by_variant.items():
                 mem = e.get("peak_mib")
                 bar_mem = bar.get("peak_mib")
                 mem_s = f"{mem:9.1f}" if mem is not None else f"{'-':>9}"
                 mem_r = f"{mem / bar_mem:6.2f}" if mem is not None and bar_mem else f"{'-':>6}"
+                low = "bf16" in name and bar16 is not None
+                t16 = f"{e['train'] / bar16['train']:6.2f}" if low else f"{'':>6}"
+                i16 = f"{e['infer'] / bar16['infer']:6.2f}" if low else f"{'':>6}"
                 print(
-                    f"{cfg_name:<7} {mode:<5} {name:<16} {e['train']:9.2f} {e['train'] / bar['train']:6.2f} "
-                    f"{e['infer']:9.2f} {e['infer'] / bar['infer']:6.2f} {mem_s} {mem_r}"
+                    f"{cfg_name:<7} {mode:<5} {name:<19} {e['train']:9.2f} {e['train'] / bar['train']:6.2f} {t16} "
+                    f"{e['infer']:9.2f} {e['infer'] / bar['infer']:6.2f} {i16} {mem_s} {mem_r}"
                 )
         print()
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import rnndrop
+from rnndrop._kernels import ops
 
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 OUTPUT_TOL = 4 * U_BF16
@@ -51,12 +52,18 @@ def _run(layer, x, masks, step_mask, autocast: bool):
     return out, _states(h), [p.grad.clone() for p in layer.parameters()]
 
 
+# What backend="auto" must run under bf16 autocast on a CPU with AVX512_BF16 (the others need the
+# projection, which only the reference implements).
+FUSED_UNDER_AUTOCAST = {"lstm", "gru", "lstm_all_dropout", "gru_no_bias_reset_before", "rnn_no_bias_zoneout"}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bf16_autocast_matches_float32_within_tolerance(case: str, training: bool) -> None:
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_bf16_autocast_matches_float32_within_tolerance(case: str, training: bool, backend: str) -> None:
     cls, kwargs = CASES[case]
     torch.manual_seed(0)
-    layer = cls(FEATURES, HIDDEN, num_layers=2, batch_first=True, **kwargs).train(training)
+    layer = cls(FEATURES, HIDDEN, num_layers=2, batch_first=True, backend=backend, **kwargs).train(training)
     x = torch.randn(BATCH, STEPS, FEATURES)
     step_mask = torch.rand(BATCH, STEPS) > 0.2
     # The same masks on both sides: the comparison is about arithmetic, not about randomness.
@@ -64,6 +71,8 @@ def test_bf16_autocast_matches_float32_within_tolerance(case: str, training: boo
 
     out32, states32, grads32 = _run(layer, x, masks, step_mask, autocast=False)
     out16, states16, grads16 = _run(layer, x, masks, step_mask, autocast=True)
+    if backend == "auto" and case in FUSED_UNDER_AUTOCAST and ops.cpu_has_bf16():
+        assert layer.last_backend == "fused", layer.last_backend_reason
 
     # Carried tensors stay float32: outputs and final states come back in the parameters' dtype.
     assert out16.dtype == torch.float32

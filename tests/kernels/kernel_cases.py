@@ -47,7 +47,10 @@ class Case:
     mask_scope: str = "sample"
     weight_p: float = 0.0
     proj_size: int = 0  # LSTM only
-    training: bool = True  # False: eval mode, no masks injected (every dropout off)
+    training: bool = True  # False: eval mode, no masks injected (every dropout off but zoneout's expectation)
+    candidate_p: float = 0.0  # LSTM / GRU
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0  # LSTM
 
 
 def _layer(case: Case, backend: str) -> rnndrop.RecurrentBase:
@@ -60,6 +63,12 @@ def _layer(case: Case, backend: str) -> rnndrop.RecurrentBase:
     }
     if case.proj_size:
         kwargs["proj_size"] = case.proj_size
+    if case.candidate_p:
+        kwargs["candidate_dropout"] = case.candidate_p
+    if case.zoneout_h:
+        kwargs["zoneout_hidden"] = case.zoneout_h
+    if case.zoneout_c:
+        kwargs["zoneout_cell"] = case.zoneout_c
     if case.mode == "RNN":
         kwargs["nonlinearity"] = case.activation
     else:

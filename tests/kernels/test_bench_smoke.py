@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cpu.py"
 
 
-def test_bench_cpu_tiny_run(kernel, tmp_path, capsys) -> None:
+def test_bench_cpu_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
     spec = importlib.util.spec_from_file_location("bench_cpu", BENCH)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_cpu", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     out = tmp_path / "b.json"
     assert bench.main(["--config", "tiny", "--repeats", "2", "--warmup", "0", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    variants = {"torch.nn", "fused", "fused+drop", "fused+drop/gate", "reference+drop", "cell loop+drop"}
+    variants = set(bench.variants("LSTM", 3, 8))
+    assert {"torch.nn", "torch.nn bf16", "auto eval", "auto batch-scope", "fused+drop", "fused+drop bf16",
+            "fused+drop+zoneout", "fused+drop+cand", "cell loop+drop"} <= variants
     for cell in ("LSTM", "GRU"):
         entry = data["results"]["tiny"][cell]
         assert set(entry) == variants
