@@ -119,13 +119,12 @@ def _exporter() -> str | None:
     return None
 
 
-def _refuse_random_masks_in_export(layer: nn.Module) -> None:
-    """Raise when a training-mode layer with dropout is being exported or traced.
+def _refuse_random_masks_in_export(layer: nn.Module, exporter: str | None) -> None:
+    """Raise when a training-mode layer with dropout is being exported or traced (by ``exporter``).
 
     An exported graph would either freeze one random draw as a constant (tracing) or ship a
     sampling op that the runtime replays differently; neither is what a served model wants.
     """
-    exporter = _exporter()
     if exporter is not None:
         raise RnnDropValueError(
             f"{type(layer).__name__} is in training mode with dropout active during {exporter}: the exported "
@@ -477,12 +476,13 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             zero_masked = True
 
         spec = self.mask_spec
+        exporter = _exporter()
         if dropout_masks is not None:
             spec.check(dropout_masks, batch, time)
             masks: DropoutMasks | None = dropout_masks
         elif self.training:
             if not spec.is_empty():
-                _refuse_random_masks_in_export(self)
+                _refuse_random_masks_in_export(self, exporter)
             gen = generator or self.generator
             # torch.compile cannot trace a torch.Generator (torch 2.13): drawing every mask in one eager call
             # costs one graph break instead of one per mask. Without a generator, sampling stays in the graph.
@@ -492,7 +492,6 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 
         params = self._direction_params()
-        exporter = _exporter()
         if exporter is not None and self.backend != "reference":
             # An exported graph must run without rnndrop (ONNX Runtime, torch.export consumers): export the
             # pure-torch reference loop, which computes the same function, instead of an opaque compiled kernel.
@@ -501,12 +500,13 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                     f"backend='fused' cannot be exported by {exporter}: the compiled kernel is not portable; "
                     "use backend='auto' (exports the equivalent reference loop) or backend='reference'"
                 )
-            stack_fn, self.last_backend = run_stack, "reference"
-            self.last_backend_reason = f"{exporter} exports the portable reference loop"
+            stack_fn, backend, reason = run_stack, "reference", f"{exporter} exports the portable reference loop"
         else:
-            stack_fn, self.last_backend, self.last_backend_reason = select_stack_fn(
+            stack_fn, backend, reason = select_stack_fn(
                 self.backend, self.cell_config, x, states, params, masks, steps, zero_masked
             )
+        # Plain attributes, set past nn.Module.__setattr__'s parameter/buffer/module bookkeeping (per call).
+        self.__dict__["last_backend"], self.__dict__["last_backend_reason"] = backend, reason
         output, finals = stack_fn(self.cell_config, x, states, params, masks, steps, zero_masked)
         if packed:
             sorted_idx = input.sorted_indices

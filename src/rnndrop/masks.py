@@ -124,7 +124,10 @@ class DirectionMasks:
 
     def active(self) -> tuple[str, ...]:
         """Names of the fields that are set (what a kernel must support to run these masks)."""
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+        return tuple(name for name in _DIRECTION_MASK_FIELDS if getattr(self, name) is not None)
+
+
+_DIRECTION_MASK_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DirectionMasks))
 
 
 @dataclass(frozen=True)

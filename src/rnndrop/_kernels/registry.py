@@ -74,21 +74,26 @@ class Kernel:
     stack_fn: StackFn
 
 
+_CELL_DEFAULTS = tuple((f.name, f.default) for f in dataclasses.fields(CellConfig) if f.name not in _KNOWN_CELL_FIELDS)
+_EXTRA_PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(DirectionParams) if f.name not in _KNOWN_PARAM_FIELDS)
+
+
 def _unknown_options(call: Call, known_masks: frozenset[str], kernel: str) -> str | None:
-    for f in dataclasses.fields(call.cfg):
-        if f.name not in _KNOWN_CELL_FIELDS and getattr(call.cfg, f.name) != f.default:
-            return f"option {f.name}={getattr(call.cfg, f.name)!r} is not implemented by the {kernel}"
-    for layer in call.params:
-        for p in layer:
-            for f in dataclasses.fields(p):
-                if f.name not in _KNOWN_PARAM_FIELDS and getattr(p, f.name) is not None:
-                    return f"parameter {f.name} is not implemented by the {kernel}"
+    for name, default in _CELL_DEFAULTS:
+        if getattr(call.cfg, name) != default:
+            return f"option {name}={getattr(call.cfg, name)!r} is not implemented by the {kernel}"
+    if _EXTRA_PARAM_FIELDS:
+        for layer in call.params:
+            for p in layer:
+                for name in _EXTRA_PARAM_FIELDS:
+                    if getattr(p, name) is not None:
+                        return f"parameter {name} is not implemented by the {kernel}"
     if call.masks is not None:
         for layer in call.masks.layers:
             for m in layer:
-                for f in dataclasses.fields(m):
-                    if f.name not in known_masks and getattr(m, f.name) is not None:
-                        return f"{f.name} masks are not implemented by the {kernel}"
+                for name in m.active():
+                    if name not in known_masks:
+                        return f"{name} masks are not implemented by the {kernel}"
     return None
 
 

@@ -213,7 +213,9 @@ def torch_run_stack(
             out, _ = pad_packed_sequence(out_packed, total_length=layer_input.shape[0])
             finals = tuple(h.index_select(1, packed.unsorted_indices) for h in finals)
         # Under CPU autocast torch's LSTM returns bf16: every rnndrop path returns the input's dtype.
-        return out.to(dtype), tuple(f.to(dtype) for f in finals)
+        if out.dtype != dtype:
+            out, finals = out.to(dtype), tuple(f.to(dtype) for f in finals)
+        return out, finals
 
     no_masks = masks is None or (
         all(not m.active() for layer in masks.layers for m in layer) and all(b is None for b in masks.between)
