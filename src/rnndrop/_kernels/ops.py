@@ -155,3 +155,25 @@ def cpu_has_bf16() -> bool:
     """Whether the loaded extension runs bf16 (autocast) on this CPU (AVX512_BF16); False without it."""
     ext = loader.load()
     return bool(ext is not None and hasattr(ext, "cpu_has_bf16") and ext.cpu_has_bf16())
+
+
+def clear_packed_weights() -> None:
+    """Forget the fused kernel's cached packed ``W_hh`` (needed only after writing a weight through ``.data``).
+
+    The kernel keeps the packed form of each recurrent weight across calls, keyed on the weight's
+    version counter and storage: optimizer steps, ``load_state_dict`` and in-place updates under
+    ``torch.no_grad()`` invalidate it by themselves. Writes through ``weight.data`` bypass the
+    version counter (as they bypass autograd); call this after them.
+    """
+    ext = loader.load()
+    if ext is not None and hasattr(ext, "clear_packed_weights"):
+        ext.clear_packed_weights()
+
+
+def packed_weight_stats() -> tuple[int, int, int]:
+    """``(hits, misses, entries)`` of the packed-``W_hh`` cache in this process (for tests and profiling)."""
+    ext = loader.load()
+    if ext is None or not hasattr(ext, "packed_weight_stats"):
+        return (0, 0, 0)
+    hits, misses, entries = ext.packed_weight_stats()
+    return int(hits), int(misses), int(entries)

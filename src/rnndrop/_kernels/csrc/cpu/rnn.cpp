@@ -33,8 +33,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -305,6 +307,78 @@ bool cpu_has_bf16() {
 #endif
 }
 
+// ---------------------------------------------------------------- packed-weight cache
+//
+// Inference calls the kernel again and again with the same W_hh (Monte-Carlo dropout, serving):
+// its packed panels are kept across calls, keyed on the weight tensor itself — a weak reference to
+// its TensorImpl (so a freed weight's address can never be mistaken for a new one), its version
+// counter (bumped by every in-place change: an optimizer step, load_state_dict's copy_, any
+// `with torch.no_grad(): w.add_(...)`) and its data pointer (bumped by `.set_()`/ `.data =`).
+// Only leaf tensors that require grad are cached (parameters), never per-call temporaries such as
+// a DropConnect-folded weight. Writes through `w.data` bypass the version counter — exactly as
+// they bypass autograd — and are not seen: call rnndrop's clear_packed_weights() after them.
+// A handful of entries, least recently used first out; a mutex serialises concurrent callers.
+
+struct PackEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> weight;
+  uint32_t version;
+  const void* data;
+  int64_t key;  // which block / orientation / precision of W_hh
+  Tensor packed;
+};
+
+constexpr size_t kPackCacheEntries = 16;
+std::mutex pack_mutex;
+std::vector<PackEntry> pack_cache;  // most recently used last
+int64_t pack_hits = 0, pack_misses = 0;
+
+bool cacheable(const Tensor& w) { return w.defined() && w.is_leaf() && w.requires_grad() && !w.is_inference(); }
+
+// The packed form of `w` for `key`, from the cache or made by `make` (and cached when cacheable).
+template <typename Make>
+Tensor cached_pack(const Tensor& w, int64_t key, Make make) {
+  if (!cacheable(w)) return make();
+  c10::TensorImpl* impl = w.unsafeGetTensorImpl();
+  const uint32_t version = impl->version_counter().current_version();
+  const void* data = w.data_ptr();
+  {
+    std::lock_guard<std::mutex> lock(pack_mutex);
+    for (size_t i = 0; i < pack_cache.size(); ++i) {
+      PackEntry& e = pack_cache[i];
+      if (e.key == key && e.weight._unsafe_get_target() == impl && !e.weight.expired() && e.version == version &&
+          e.data == data) {
+        Tensor hit = e.packed;
+        std::rotate(pack_cache.begin() + i, pack_cache.begin() + i + 1, pack_cache.end());
+        ++pack_hits;
+        return hit;
+      }
+    }
+    ++pack_misses;
+  }
+  Tensor packed = make();
+  std::lock_guard<std::mutex> lock(pack_mutex);
+  // Drop entries whose weight is gone or has changed since, then the oldest beyond the limit.
+  pack_cache.erase(std::remove_if(pack_cache.begin(), pack_cache.end(),
+                                  [&](const PackEntry& e) {
+                                    return e.weight.expired() ||
+                                           (e.weight._unsafe_get_target() == impl && e.key == key);
+                                  }),
+                   pack_cache.end());
+  if (pack_cache.size() >= kPackCacheEntries) pack_cache.erase(pack_cache.begin());
+  pack_cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, data, key, packed});
+  return packed;
+}
+
+void clear_packed_weights() {
+  std::lock_guard<std::mutex> lock(pack_mutex);
+  pack_cache.clear();
+}
+
+std::vector<int64_t> packed_weight_stats() {
+  std::lock_guard<std::mutex> lock(pack_mutex);
+  return {pack_hits, pack_misses, static_cast<int64_t>(pack_cache.size())};
+}
+
 // Pack mat (K, N), any strides, into zero-padded panel-major form.
 inline Tensor pack_panels(const Tensor& mat) {
   const int64_t K = mat.size(0), N = mat.size(1), panels = (N + kPanel - 1) / kPanel;
@@ -332,8 +406,10 @@ inline Tensor pack_panels_bf16(const Tensor& mat) {
   return out;
 }
 
+// `origin` is the weight as the caller passed it (the cache's key, see above) and `key` names the block
+// of it that `mat` views; pass an undefined `origin` to skip the cache.
 template <typename T>
-Operand<T> make_operand(const Tensor& mat, bool lowp) {
+Operand<T> make_operand(const Tensor& mat, bool lowp, const Tensor& origin = Tensor(), int64_t key = 0) {
   Operand<T> op;
   op.mat = mat;
   op.K = mat.size(0);
@@ -341,9 +417,9 @@ Operand<T> make_operand(const Tensor& mat, bool lowp) {
 #if RNNDROP_MICROKERNEL
   if constexpr (std::is_same_v<T, float>) {
     if (lowp) {
-      op.packed_lp = pack_panels_bf16(mat);
+      op.packed_lp = cached_pack(origin, key * 2 + 1, [&] { return pack_panels_bf16(mat); });
     } else {
-      op.packed = pack_panels(mat);
+      op.packed = cached_pack(origin, key * 2, [&] { return pack_panels(mat); });
     }
   }
 #endif
@@ -399,6 +475,7 @@ struct Problem {
   ZoneMask<T> zh, zc;       // zoneout weights of h and (LSTM) c; off when p is null
   const bool* steps;
   Tensor w;    // (GH, H)
+  Tensor w_origin;  // w_hh as passed in (not detached): the packed-weight cache's key
   Tensor wT;   // (H, GH) view
   // Matmul operands by (transposed, first gate, gate count): prepared before the parallel region.
   std::map<int64_t, Operand<T>> ops;
@@ -439,7 +516,8 @@ struct Problem {
     const int64_t ng = gru_rb ? 2 : G;
     auto add = [&](int64_t g0, int64_t n) {
       Tensor blk = (g0 == 0 && n == G) ? w : w.narrow(0, g0 * H, n * H);
-      ops.emplace(op_key(trans, g0, n), make_operand<T>(trans ? blk.t() : blk, lowp));
+      const int64_t key = op_key(trans, g0, n);
+      ops.emplace(key, make_operand<T>(trans ? blk.t() : blk, lowp, w_origin, key));
     };
     if (Gm == G && G > 1) {
       for (int64_t g = 0; g < ng; ++g) add(g, 1);
@@ -1001,6 +1079,7 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   // Detached: the per-step matmuls write into out= views, which autograd would refuse for a
   // weight that requires grad (grad mode is thread-local and on in the worker threads).
   P.w = w_hh.detach();
+  P.w_origin = w_hh;
   P.out = P.S = P.C = P.GA = P.GHN = nullptr;
   return P;
 }
@@ -1217,5 +1296,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnndrop::forward, "fused forward of one direction");
   m.def("backward", &rnndrop::backward, "hand-derived backward (BPTT) of one direction");
   m.def("cpu_has_bf16", &rnndrop::cpu_has_bf16, "whether this CPU runs the bf16 (autocast) micro-kernel");
+  m.def("clear_packed_weights", &rnndrop::clear_packed_weights, "forget every cached packed W_hh");
+  m.def("packed_weight_stats", &rnndrop::packed_weight_stats, "[hits, misses, entries] of the packed-W_hh cache");
   m.attr("ABI_VERSION") = 2;
 }
