@@ -1,5 +1,6 @@
 """rnndrop: PyTorch LSTM / GRU / RNN with every kind of recurrent dropout, Keras-exact."""
 
+from . import init as init  # the rnndrop.init module (initialisation schemes)
 from .dropout import (
     Dropout,
     EmbeddingDropout,

@@ -11,7 +11,6 @@ Shape legend: ``N`` batch, ``L`` sequence length, ``D`` 2 if bidirectional else 
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from ._pickling import GeneratorPicklingMixin
 from .activations import resolve_activation
 from .cells import NUM_GATES
 from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
+from .init import INIT_SCHEMES, InitScheme, initialize_
 from .masks import (
     MASK_SCOPE_CHOICES,
     DropoutMasks,
@@ -80,6 +80,12 @@ _DOC_DROPOUT_ARGS = """
 
     Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
     In eval mode the layer is deterministic and equals the same layer without dropout.
+
+    Initialisation:
+        init: ``"torch"`` (default; torch.nn's ``U(±1/sqrt(hidden_size))`` for every parameter) or
+            ``"keras"`` (Keras 3's defaults: glorot-uniform ``W_ih``, orthogonal ``W_hh`` over all gates,
+            zero biases, LSTM forget bias 1 in ``b_ih``); see :mod:`rnndrop.init`. Used by
+            ``reset_parameters()``.
 """
 
 _DOC_FORWARD = """
@@ -181,6 +187,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
+        init: InitScheme = "torch",
     ) -> None:
         super().__init__()
         self.mode = mode
@@ -230,6 +237,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         if backend not in BACKENDS:
             raise RnnDropValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend: Backend = backend
+        self.init: InitScheme = check_choice(init, "init", INIT_SCHEMES)  # type: ignore[assignment]
         # Which implementation the last forward call ran ("fused" or "reference") and, when it
         # was not the fused kernel, why not; for tests and users checking the fast path.
         self.last_backend: str | None = None
@@ -264,11 +272,9 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self) -> None:
-        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
-        with torch.no_grad():
-            for weight in self.parameters():
-                weight.uniform_(-bound, bound)
+        """Initialise the parameters by ``self.init``: torch.nn's scheme (every parameter ~
+        U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))) or Keras's (:func:`rnndrop.init.keras_`)."""
+        initialize_(self, self.init)
 
     def flatten_parameters(self) -> None:
         """No-op kept for drop-in compatibility (rnndrop does not use cuDNN's flat weight buffer)."""
@@ -370,6 +376,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             "locked_dropout": (self.locked_dropout, False),
             "zero_output_for_mask": (self.zero_output_for_mask, False),
             "backend": (self.backend, "auto"),
+            "init": (self.init, "torch"),
         }
         if self.mode == "RNN":
             extras["nonlinearity"] = (self.activation, "tanh")
@@ -622,6 +629,7 @@ class LSTM(RecurrentBase):
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
+        init: InitScheme = "torch",
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -629,7 +637,7 @@ class LSTM(RecurrentBase):
             input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, gate_masks=gate_masks,
             weight_dropout=weight_dropout, candidate_dropout=candidate_dropout, zoneout_hidden=zoneout_hidden,
             zoneout_cell=zoneout_cell, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend, init=init,
         )
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
@@ -684,6 +692,7 @@ class GRU(RecurrentBase):
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
+        init: InitScheme = "torch",
     ) -> None:
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -691,7 +700,7 @@ class GRU(RecurrentBase):
             reset_after=reset_after, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
             gate_masks=gate_masks, weight_dropout=weight_dropout, candidate_dropout=candidate_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend, init=init,
         )
 
     def forward(self, input, hx=None, **kwargs):  # type: ignore[override]
@@ -738,6 +747,7 @@ class RNN(RecurrentBase):
         zero_output_for_mask: bool = False,
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
+        init: InitScheme = "torch",
     ) -> None:
         super().__init__(
             "RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -745,7 +755,7 @@ class RNN(RecurrentBase):
             recurrent_activation=None, input_dropout=input_dropout,
             recurrent_dropout=recurrent_dropout, gate_masks=gate_masks, weight_dropout=weight_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
-            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend,
+            zero_output_for_mask=zero_output_for_mask, generator=generator, backend=backend, init=init,
         )
 
     @property

@@ -563,21 +563,29 @@ def load_text(
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"--text {path}: cannot read as UTF-8 text ({exc})") from None
+    return text_task(text, path.name, str(path), f"--text {path}", seq_len, val_fraction, test_fraction, max_chars)
+
+
+def text_task(
+    text: str, name: str, source: str, where: str, seq_len: int = 64, val_fraction: float = 0.1,
+    test_fraction: float = 0.1, max_chars: int | None = None,
+) -> Task:
+    """:func:`load_text`'s task from ``text`` itself; ``where`` names it in error messages."""
     if max_chars is not None:
         text = text[:max_chars]
     n = len(text)
     n_test, n_val = int(n * test_fraction), int(n * val_fraction)
     parts = {"train": text[: n - n_test - n_val], "val": text[n - n_test - n_val : n - n_test],
              "test": text[n - n_test :]}
-    for name, part in parts.items():
+    for part_name, part in parts.items():
         if len(part) < 2 * seq_len + 1:
             raise DataError(
-                f"--text {path}: {n} characters leave the {name} part {len(part)} characters, fewer than two "
+                f"{where}: {n} characters leave the {part_name} part {len(part)} characters, fewer than two "
                 f"chunks of {seq_len} (+1); give a longer text or a smaller --seq-len"
             )
     vocab = sorted(set(parts["train"]))
     if len(vocab) < 2:
-        raise DataError(f"--text {path}: the training part holds a single distinct character")
+        raise DataError(f"{where}: the training part holds a single distinct character")
     index = {c: i for i, c in enumerate(vocab)}
     unknown = len(vocab)
 
@@ -589,6 +597,6 @@ def load_text(
         return SequenceData(x, np.full(count, seq_len, dtype=np.int64), y)
 
     return Task(
-        path.name, chunks(parts["train"]), chunks(parts["test"]), (*vocab, UNKNOWN), str(path),
+        name, chunks(parts["train"]), chunks(parts["test"]), (*vocab, UNKNOWN), source,
         kind="language_model", val=chunks(parts["val"]),
     )

@@ -7,10 +7,19 @@ Protocol of a run (the same for every strategy):
 2. ``torch.manual_seed(seed)`` before the model is built, and a batch order drawn from
    ``numpy.random.default_rng(seed)``: with the same seed every strategy starts from the same weights
    and sees the same batches, so results are paired across strategies.
-3. Adam, gradient-norm clipping, at most ``epochs`` epochs; after each epoch the validation loss is
-   measured in eval mode; the weights of the epoch with the lowest validation loss are kept (model
-   selection); training stops early after ``patience`` epochs without improvement.
-4. The test set is used once, with the selected weights: deterministic (eval mode) and Monte-Carlo
+   ``init="keras"`` gives the model Keras 3's default initialisers (:func:`rnndrop.init.keras_` for the
+   recurrent layer, glorot-uniform / zero bias for the head, ``U(±0.05)`` for an embedding).
+3. Adam, gradient-norm clipping (``clip_norm``; 0 = none), at most ``epochs`` epochs, the learning rate
+   ``lr`` constant or (``schedule="cosine"``) annealed per batch from ``lr`` to 0 over ``epochs``
+   epochs; after each epoch the validation loss is measured in eval mode; the weights of the epoch with
+   the lowest validation loss are kept (model selection); training stops early after ``patience``
+   epochs without improvement.
+4. ``refit``: a fresh model (the same seed, so the same initial weights) is trained on *all* training
+   sequences (training and validation parts, standardized with their joint statistics) for the selected
+   number of epochs, with the learning rate the selected run had at each point of those epochs; it
+   replaces the selected model. The selected model's deterministic test metrics are kept under
+   ``refit.selected_test``.
+5. The test set is used once per model, with the final weights: deterministic (eval mode) and Monte-Carlo
    dropout (mean of ``mc_samples`` predictive distributions with only the dropout parts in training
    mode), each with accuracy, NLL and ECE.
 
@@ -56,6 +65,9 @@ class TrainConfig:
     mc_samples: int = 30
     standardize: bool = True
     ece_bins: int = 15
+    init: str = "torch"  # or "keras": Keras 3's default initialisers for every layer of the model
+    schedule: str = "constant"  # or "cosine": lr annealed to 0 over `epochs`
+    refit: bool = False  # retrain on all training sequences for the selected number of epochs
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -137,6 +149,57 @@ def _mc_rnndrop(model: Model, data: SequenceData, samples: int, seed: int, batch
     return torch.cat(out).double().numpy()
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate ``progress`` epochs into training (fractional: per batch)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(progress, cfg.epochs) / cfg.epochs))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+
+
+def _train_epoch(
+    model: Model, opt: torch.optim.Optimizer, data: SequenceData, order: torch.Tensor, cfg: TrainConfig, epoch: int
+) -> tuple[float, tuple[str | None, str | None]]:
+    """One pass over ``data`` in ``order`` (epoch ``epoch``, 1-based): mean training loss, and the layer's path."""
+    model.train()
+    x, lengths, y = _tensors(data)
+    batches = _batches(len(data), cfg.batch_size)
+    total = 0.0
+    backend: tuple[str | None, str | None] = (None, None)
+    for k, s in enumerate(batches):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, epoch - 1 + k / len(batches))
+        idx = order[s]
+        t = int(lengths[idx].max())
+        logits = model(x[idx, :t], lengths[idx])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        total += loss.item() * len(idx)
+        if k == 0:  # which implementation the layer ran in training (if it says)
+            backend = (getattr(model.rnn, "last_backend", None), getattr(model.rnn, "last_backend_reason", None))
+    return total / len(data), backend
+
+
+def _concat(a: SequenceData, b: SequenceData) -> SequenceData:
+    """``a`` then ``b`` as one set, padded to the longer of the two."""
+    t = max(a.x.shape[1], b.x.shape[1])
+
+    def padded(arr: np.ndarray) -> np.ndarray:
+        width = [(0, 0), (0, t - arr.shape[1])] + [(0, 0)] * (arr.ndim - 2)
+        return np.pad(arr, width)
+
+    y = np.concatenate([padded(a.y), padded(b.y)]) if a.y.ndim == 2 else np.concatenate([a.y, b.y])
+    return SequenceData(np.concatenate([padded(a.x), padded(b.x)]), np.concatenate([a.lengths, b.lengths]), y)
+
+
 def _metrics(probs: np.ndarray, y: np.ndarray, bins: int) -> dict[str, float]:
     y = y.reshape(-1)  # a language model's targets are (N, T)
     return {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y, bins)}
@@ -161,17 +224,19 @@ def train_run(
     else:
         kept, held = stratified_split(task.train.y, cfg.val_fraction, seed)
         train, val, test = task.train.subset(kept), task.train.subset(held), task.test
+    raw_train, raw_val, raw_test = train, val, test
     if cfg.standardize and not lm:
         mean, std = channel_stats(train)
         train, val, test = (standardize(d, mean, std) for d in (train, val, test))
 
-    torch.manual_seed(seed)
-    model, implementation = build_model(
-        strategy, rate, cfg.cell, task.channels, cfg.hidden_size, task.num_classes, language_model=lm
-    )
+    def fresh_model() -> tuple[Model, str]:
+        torch.manual_seed(seed)  # the same initial weights for every strategy, and for the refit
+        return build_model(strategy, rate, cfg.cell, task.channels, cfg.hidden_size, task.num_classes,
+                           language_model=lm, init=cfg.init)
+
+    model, implementation = fresh_model()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(seed)
-    x, lengths, y = _tensors(train)
 
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
     backend: tuple[str | None, str | None] | None = None
@@ -179,29 +244,13 @@ def train_run(
     start = time.perf_counter()
     epochs_run = 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         order = torch.from_numpy(rng.permutation(len(train)))
-        losses = []
-        for s in _batches(len(train), cfg.batch_size):
-            idx = order[s]
-            t = int(lengths[idx].max())
-            logits = model(x[idx, :t], lengths[idx])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            opt.step()
-            losses.append(loss.item() * len(idx))
-            if backend is None:  # which implementation the layer ran in training (if it says)
-                backend = (getattr(model.rnn, "last_backend", None), getattr(model.rnn, "last_backend_reason", None))
+        train_loss, path = _train_epoch(model, opt, train, order, cfg, epoch)
+        backend = backend or path
         model.eval()
         probs = predict_proba(model, val)
         val_loss = nll(probs, val.y.reshape(-1))
-        stats = {
-            "train_loss": sum(losses) / len(train),
-            "val_loss": val_loss,
-            "val_accuracy": accuracy(probs, val.y.reshape(-1)),
-        }
+        stats = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": accuracy(probs, val.y.reshape(-1))}
         for k, v in stats.items():
             history[k].append(v)
         epochs_run = epoch
@@ -213,6 +262,28 @@ def train_run(
             break
     train_seconds = time.perf_counter() - start
 
+    refit: dict[str, object] | None = None
+    if cfg.refit and best_epoch > 0:
+        model.load_state_dict(best_state)
+        model.eval()
+        selected_test = _metrics(predict_proba(model, test), test.y, cfg.ece_bins)
+        start = time.perf_counter()
+        full, test = _concat(raw_train, raw_val), raw_test
+        if cfg.standardize and not lm:
+            mean, std = channel_stats(full)
+            full, test = standardize(full, mean, std), standardize(test, mean, std)
+        model, _ = fresh_model()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        refit_rng = np.random.default_rng([seed, 1])  # a batch-order stream of its own
+        losses = []
+        for epoch in range(1, best_epoch + 1):
+            losses.append(_train_epoch(model, opt, full, torch.from_numpy(refit_rng.permutation(len(full))), cfg,
+                                       epoch)[0])
+        best_state = copy.deepcopy(model.state_dict())
+        refit = {"epochs": best_epoch, "train_size": len(full), "train_loss": losses, "selected_test": selected_test,
+                 "seconds": time.perf_counter() - start}
+        train_seconds += refit["seconds"]  # type: ignore[operator]
+
     model.load_state_dict(best_state)
     model.eval()
     start = time.perf_counter()
@@ -221,9 +292,9 @@ def train_run(
     mc = _metrics(mc_proba(model, test, cfg.mc_samples, seed=seed + 1_000_003), test.y, cfg.ece_bins)
     eval_seconds = time.perf_counter() - start
     if lm:
-        for m in (det, mc):
-            m["bits_per_char"] = m["nll"] / math.log(2)
-            m["perplexity"] = math.exp(m["nll"])
+        for m in (det, mc, *([refit["selected_test"]] if refit else [])):
+            m["bits_per_char"] = m["nll"] / math.log(2)  # type: ignore[index]
+            m["perplexity"] = math.exp(m["nll"])  # type: ignore[index]
     return {
         "strategy": strategy.name,
         "seed": seed,
@@ -243,4 +314,5 @@ def train_run(
         "backend_reason": backend[1] if backend else None,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "history": history,
+        "refit": refit,
     }

@@ -321,25 +321,40 @@ STRATEGIES: tuple[Strategy, ...] = (
 BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 
 
+INITS = ("torch", "keras")
+
+
 def build_model(
     strategy: Strategy, p: float, cell: str, input_size: int, hidden_size: int, num_classes: int,
-    *, language_model: bool = False, embed_size: int = 32,
+    *, language_model: bool = False, embed_size: int = 32, init: str = "torch",
 ) -> tuple[SequenceClassifier | CharLanguageModel, str]:
     """The base model with ``strategy`` at rate ``p``, and a description of the implementation used.
 
     ``language_model=True`` builds a :class:`CharLanguageModel` over ``num_classes`` symbols
-    (``input_size`` is then ignored).
+    (``input_size`` is then ignored). ``init="keras"`` starts every layer from Keras 3's default
+    initialisers: the recurrent layer with ``init="keras"`` (:mod:`rnndrop.init`), the head as a Keras
+    ``Dense`` (glorot-uniform kernel, zero bias), the embedding as a Keras ``Embedding`` (``U(±0.05)``);
+    ``"torch"`` keeps torch.nn's defaults.
     """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     parts = strategy.build(p, cell)
+    rnn_kwargs = {**parts.rnn_kwargs, **({"init": "keras"} if init == "keras" else {})}
     model: SequenceClassifier | CharLanguageModel
     if language_model:
         model = CharLanguageModel(
-            cell, num_classes, hidden_size, embed_size, pre=parts.pre, post=parts.post, rnn_kwargs=parts.rnn_kwargs
+            cell, num_classes, hidden_size, embed_size, pre=parts.pre, post=parts.post, rnn_kwargs=rnn_kwargs
         )
     else:
         model = SequenceClassifier(
-            cell, input_size, hidden_size, num_classes, pre=parts.pre, post=parts.post, rnn_kwargs=parts.rnn_kwargs
+            cell, input_size, hidden_size, num_classes, pre=parts.pre, post=parts.post, rnn_kwargs=rnn_kwargs
         )
+    if init == "keras":
+        with torch.no_grad():
+            nn.init.xavier_uniform_(model.head.weight)  # Keras Dense: glorot_uniform over (in, out)
+            nn.init.zeros_(model.head.bias)
+            if isinstance(model, CharLanguageModel):
+                nn.init.uniform_(model.embed.weight, -0.05, 0.05)  # Keras Embedding's default
     return model, parts.implementation
 
 
