@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seeds", type=int, help=f"number of seeds 0..N-1 (default {DEFAULTS['seeds']})")
     t.add_argument("--epochs", type=int, help=f"epoch budget per run (default {DEFAULTS['epochs']})")
     t.add_argument("--patience", type=int, help=f"early stopping patience in epochs (default {DEFAULTS['patience']})")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     t.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="validation share of training data (default 0.2)")
     t.add_argument("--mc-samples", type=int, help=f"Monte-Carlo dropout passes (default {DEFAULTS['mc_samples']})")
