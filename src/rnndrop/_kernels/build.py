@@ -223,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"rnndrop: cleaned {path.parent.parent}: {len(removed)} entries removed"
               + (f"; in use, kept: {', '.join(in_use)}" if in_use else ""))
     start = time.perf_counter()
-    print(f"rnndrop: building the fused CPU kernel into {path.parent} ...", flush=True)
+    if path.is_file() and not args.force:
+        print(f"rnndrop: the fused CPU kernel is up to date at {path}", flush=True)
+    else:
+        print(f"rnndrop: building the fused CPU kernel into {path.parent} ...", flush=True)
     try:
         build(verbose=args.verbose, force=args.force,
               on_wait=lambda: print("rnndrop: waiting for another process that is building it ...", flush=True))
