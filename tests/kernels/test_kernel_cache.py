@@ -24,10 +24,13 @@ TAG_A, TAG_B = "0123456789abcdef", "fedcba9876543210"
 
 def _hold_lock(path: Path, shared: bool = False) -> subprocess.Popen:
     """Another process holding ``path``'s lock until its stdin closes."""
+    # cache.py needs only the standard library: loaded alone, without importing torch (seconds).
     code = textwrap.dedent(f"""
-        import sys
+        import importlib.util, sys
         from pathlib import Path
-        from rnndrop._kernels import cache
+        spec = importlib.util.spec_from_file_location("kernel_cache", {cache.__file__!r})
+        cache = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cache)
         with cache.locked(Path({str(path)!r}), shared={shared}):
             print("locked", flush=True)
             sys.stdin.read()
