@@ -16,18 +16,19 @@ $(BIN)/python:
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(PIP) install "$(TORCH_PIN)"
-	$(PIP) install -e . "$(TORCH_PIN)" ninja
+	$(PIP) install -e . "$(TORCH_PIN)"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 	$(PIP) install -e ".[test]" "$(TORCH_PIN)"
 	touch $@
 
-# The compiled CPU kernels, ahead of time into the package (a no-op when up to date). Without a
-# compiler the layers still work on the reference path, so only a warning here; the kernel
+# The compiled CPU kernels, ahead of time into the per-user kernel cache ($RNNDROP_KERNEL_DIR, else
+# ~/.cache/rnndrop/kernels; a no-op when up to date), so no test pays the first-use compile. Without
+# a compiler the layers still work on the reference path, so only a warning here; the kernel
 # tests fail under CI when the extension is missing.
 kernels: $(VENV)/.installed-base
-	$(BIN)/python -m rnndrop._kernels.build --allow-failure
+	$(BIN)/rnndrop build-kernels --allow-failure
 
 install: $(VENV)/.installed-base kernels
 install-test: $(VENV)/.installed-test kernels
@@ -46,4 +47,4 @@ test: install-test lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,9 @@
 Documents every name in ``rnndrop.__all__``, ``rnndrop.init.__all__`` and ``rnndrop.interop.__all__``:
 classes with their constructor signature, docstring, public methods and properties defined by rnndrop (not those
 inherited from ``torch.nn.Module``), dataclass fields; functions with their signature and
-docstring. Docstrings are reproduced verbatim in ``text`` blocks (they use reST-style markup).
+docstring. Signatures and docstrings are ``text`` blocks: signatures are not runnable code (a
+``python`` block in the docs is a program that tests/ecosystem/test_doc_snippets.py runs), and the
+docstrings are reproduced verbatim (they use reST-style markup).
 
 Usage::
 
@@ -112,7 +114,7 @@ def _members(cls: type, documented: set[type]) -> list[tuple[str, object]]:
 
 def _render_class(qualname: str, cls: type, documented: dict[type, str]) -> list[str]:
     kind = "exception" if issubclass(cls, BaseException) else "class"
-    lines = [f"## `{qualname}`", "", "```python", f"{kind} {_signature(qualname, cls)}", "```", ""]
+    lines = [f"## `{qualname}`", "", "```text", f"{kind} {_signature(qualname, cls)}", "```", ""]
     bases = [b for b in cls.__bases__ if b is not object]
     if bases:
         names = ", ".join(_link(documented[b]) if b in documented else f"`{b.__module__}.{b.__qualname__}`"
@@ -129,7 +131,7 @@ def _render_class(qualname: str, cls: type, documented: dict[type, str]) -> list
         if isinstance(member, property):
             lines += [f"### `{qualname}.{name}` *(property)*", "", *_doc(member.fget)]
         else:
-            lines += [f"### `{qualname}.{name}`", "", "```python", _signature(name, member), "```", ""]
+            lines += [f"### `{qualname}.{name}`", "", "```text", _signature(name, member), "```", ""]
             lines += _doc(member)
     return lines
 
@@ -139,7 +141,7 @@ def _link(qualname: str) -> str:
 
 
 def _render_function(qualname: str, fn: object) -> list[str]:
-    return [f"## `{qualname}`", "", "```python", _signature(qualname, fn), "```", "", *_doc(fn)]
+    return [f"## `{qualname}`", "", "```text", _signature(qualname, fn), "```", "", *_doc(fn)]
 
 
 def _anchor(title: str) -> str:

@@ -1,6 +1,7 @@
 """rnndrop: PyTorch LSTM / GRU / RNN with every kind of recurrent dropout, Keras-exact."""
 
 from . import init as init  # the rnndrop.init module (initialisation schemes)
+from ._version import __version__
 from .dropout import (
     Dropout,
     EmbeddingDropout,
@@ -10,13 +11,11 @@ from .dropout import (
     SpatialDropout3d,
     embedding_dropout,
 )
-from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
+from .errors import KernelFallbackWarning, KernelUnavailableError, RnnDropTypeError, RnnDropValueError
 from .inference import MCPrediction, mc_dropout, mc_predict
 from .interop import from_keras, to_keras
 from .layers import GRU, LSTM, RNN, RecurrentBase
 from .masks import DirectionMasks, DropoutMasks, MaskSpec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GRU",
@@ -26,6 +25,7 @@ __all__ = [
     "Dropout",
     "DropoutMasks",
     "EmbeddingDropout",
+    "KernelFallbackWarning",
     "KernelUnavailableError",
     "LockedDropout",
     "MCPrediction",

@@ -18,3 +18,11 @@ class RnnDropTypeError(TypeError):
 
 class KernelUnavailableError(RuntimeError):
     """A fast kernel was requested explicitly but cannot run for this call (the message says why)."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A compiled kernel is missing, so the slower reference path runs (issued once per process).
+
+    Silence it with ``warnings.filterwarnings("ignore", category=rnndrop.KernelFallbackWarning)``,
+    or choose the reference path on purpose with ``RNNDROP_DISABLE_KERNELS=1``.
+    """

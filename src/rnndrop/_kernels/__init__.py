@@ -3,7 +3,8 @@
 Nothing here imports the compiled extension or ``triton`` at import time; :mod:`.loader` and
 :mod:`.triton_autograd` load them on first use and never raise (a missing or broken build, or a
 missing ``triton``, is a *reason*, reported by the registry).
-The C++ sources are under ``csrc/``; ``python -m rnndrop._kernels.build`` compiles them.
+The C++ sources are under ``csrc/``; the first call that needs them compiles them into the per-user
+kernel cache (:mod:`.build`, :mod:`.cache`), or ``rnndrop build-kernels`` does ahead of time.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""Find and load the compiled CPU extension, lazily; never raises.
+"""Find, build on first use, and load the compiled CPU extension, lazily; never raises.
 
-The extension is compiled ahead of time by ``python -m rnndrop._kernels.build`` (the
-Makefile's install step runs it), never at import time. It lands in a directory named by a
-*build tag*: a hash of the C++ sources, the compile flags, the torch and Python versions and
-the CPU capability. A stale build (sources edited, torch upgraded, another CPU) therefore has
-another tag and is simply not found — the loader reports why instead of running old code.
+The extension lives in a per-user cache folder, never in site-packages: ``$RNNDROP_KERNEL_DIR``
+if set, else ``$XDG_CACHE_HOME/rnndrop/kernels`` (default ``~/.cache/rnndrop/kernels``; macOS
+``~/Library/Caches/rnndrop/kernels``, Windows ``%LOCALAPPDATA%\\rnndrop\\kernels``). A build sits in
+a folder named by its *build tag*: a hash of the C++ sources, the compile flags, the torch and
+Python versions and the CPU capability. A stale build (sources edited, torch upgraded, another
+CPU) therefore has another tag and is simply not found, and several versions share one cache.
 
-Directory: ``$RNNDROP_KERNEL_DIR`` if set, else ``rnndrop/_kernels/_build`` inside the package.
-``RNNDROP_DISABLE_KERNELS=1`` makes the extension unavailable on purpose.
+The first call that needs a missing build compiles it (:func:`rnndrop._kernels.build.build_on_first_use`:
+one process under a lock, the others wait and load; a one-line notice while it compiles). Ahead of
+time: ``rnndrop build-kernels`` (or ``python -m rnndrop._kernels.build``).
+``RNNDROP_BUILD_ON_FIRST_USE=0`` loads prebuilt kernels only; ``RNNDROP_DISABLE_KERNELS=1`` makes
+the extension unavailable on purpose (the reference path, without a warning).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import importlib.machinery
 import importlib.util
 import os
 import platform
+import shlex
 import sys
+import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +33,8 @@ import torch
 _HERE = Path(__file__).resolve().parent
 CSRC = _HERE / "csrc"
 SOURCES: tuple[Path, ...] = (CSRC / "cpu" / "rnn.cpp",)
-BUILD_COMMAND = f"{Path(sys.executable).name} -m rnndrop._kernels.build"
+# The exact command for this interpreter (a bare `python` is often another one, without rnndrop).
+BUILD_COMMAND = f"{shlex.quote(sys.executable)} -m rnndrop build-kernels"
 
 
 def cpu_capability() -> str:
@@ -69,8 +76,38 @@ def build_tag() -> str:
 
 
 def kernel_root() -> Path:
+    """The cache folder: ``$RNNDROP_KERNEL_DIR``, else the per-user cache (module docstring)."""
     env = os.environ.get("RNNDROP_KERNEL_DIR")
-    return Path(env) if env else _HERE / "_build"
+    return Path(env).expanduser() if env else default_kernel_root()
+
+
+def default_kernel_root() -> Path:
+    """The platform's per-user cache folder for rnndrop's kernels (raises ``RuntimeError`` without a home)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the XDG spec ignores relative paths
+    return base / "rnndrop" / "kernels"
+
+
+def disabled() -> bool:
+    """``RNNDROP_DISABLE_KERNELS`` is set: the reference path on purpose."""
+    return _env_flag("RNNDROP_DISABLE_KERNELS", False)
+
+
+def build_on_first_use() -> bool:
+    """Whether a missing build is compiled by the first call (``RNNDROP_BUILD_ON_FIRST_USE``, default yes)."""
+    return _env_flag("RNNDROP_BUILD_ON_FIRST_USE", True)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value == "":
+        return default
+    return value not in ("0", "false", "no", "off")
 
 
 def module_name(tag: str) -> str:
@@ -84,6 +121,7 @@ def library_path() -> Path:
 
 
 _cache: tuple[ModuleType | None, str | None] | None = None
+_cache_lock = threading.Lock()  # two threads' first calls: one loads (or builds), the other waits
 
 
 def load() -> ModuleType | None:
@@ -108,30 +146,35 @@ def reset() -> None:
 def _load() -> tuple[ModuleType | None, str | None]:
     global _cache
     if _cache is None:
-        _cache = _try_load()
+        with _cache_lock:
+            if _cache is None:
+                _cache = _try_load()
     return _cache
 
 
 def _try_load() -> tuple[ModuleType | None, str | None]:
-    if os.environ.get("RNNDROP_DISABLE_KERNELS", "") not in ("", "0"):
+    if disabled():
         return None, "disabled by RNNDROP_DISABLE_KERNELS"
     try:
         path = library_path()
     except OSError as exc:  # sources missing from the installation
         return None, f"kernel sources unreadable ({exc})"
+    except RuntimeError as exc:  # Path.home() without a home folder
+        return None, f"no kernel cache folder ({exc}); set RNNDROP_KERNEL_DIR to a writable folder"
     if not path.is_file():
-        return None, (
-            f"the compiled CPU extension is not built for this installation "
-            f"(looked for {path}); build it with `{BUILD_COMMAND}`"
-        )
+        if not build_on_first_use():
+            return None, (
+                f"the compiled CPU extension is not built for this installation (looked for {path}; "
+                f"RNNDROP_BUILD_ON_FIRST_USE=0 keeps the first call from compiling it); build it with "
+                f"`{BUILD_COMMAND}`"
+            )
+        from . import build  # only now: it imports torch.utils.cpp_extension
+
+        reason = build.build_on_first_use(path)
+        if reason is not None:
+            return None, reason
     try:
-        name = path.stem
-        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-        spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
-        if spec is None:
-            return None, f"cannot load {path}"
-        module = importlib.util.module_from_spec(spec)
-        loader.exec_module(module)
+        module = _load_library(path)
     except Exception as exc:  # ImportError, OSError (bad ELF, missing symbol), anything else
         return None, f"the compiled CPU extension at {path} failed to load: {type(exc).__name__}: {exc}"
     # Only now (the extension is there): make it torch.ops.rnndrop.fused_* so torch.compile can trace it.
@@ -143,3 +186,18 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
         warnings.warn(f"rnndrop: could not register the CPU kernel as custom ops ({exc}); torch.compile will "
                       "graph-break around it", RuntimeWarning, stacklevel=2)
     return module, None
+
+
+def _load_library(path: Path) -> ModuleType:
+    from . import cache
+
+    # A shared lock: `rnndrop build-kernels --clean` never deletes a library while it is being loaded.
+    with cache.locked(cache.lock_path(path.parent.parent, path.parent.name), shared=True):
+        name = path.stem
+        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+        spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+        if spec is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    return module

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from ..errors import KernelUnavailableError
+from ..errors import KernelFallbackWarning, KernelUnavailableError
 from ..masks import DropoutMasks
 from ..reference import CellConfig, DirectionParams, run_stack
 from . import loader, ops, triton_autograd
@@ -143,11 +146,12 @@ def _kernel_ineligible(
 
 def cpu_ineligible(call: Call) -> str | None:
     """``None`` if the compiled CPU kernel reproduces the reference for this call, else why not."""
+    # The device first: a CUDA call must not load (or compile, on first use) the CPU extension.
+    if call.x.device.type != "cpu":
+        return f"input is on {call.x.device}, the fused kernel is CPU only"
     reason = loader.unavailable_reason()
     if reason is not None:
         return reason
-    if call.x.device.type != "cpu":
-        return f"input is on {call.x.device}, the fused kernel is CPU only"
     lowp = cpu_autocast_dtype()
     if lowp is not None:
         if lowp != torch.bfloat16:
@@ -195,6 +199,28 @@ def _is_compiling() -> bool:
 _warned_unavailable = False  # the CPU extension is missing (CPU tensors)
 _warned_triton = False  # triton is missing or too old (CUDA tensors)
 
+# What the fallback costs, measured: docs/benchmarks.md, quiet-machine table (2026-11-28), main config
+# (batch 64, 100 steps, 64 inputs, 256 units), LSTM training step with input and recurrent dropout 0.25.
+FALLBACK_COST = ("the reference path is about 4x slower per training step than the fused kernel "
+                 "(349 ms against 87 ms for the main benchmark LSTM with dropout, docs/benchmarks.md)")
+SILENCE_HINT = ("To use the reference path on purpose, without this warning, set RNNDROP_DISABLE_KERNELS=1; "
+                "or filter it: warnings.filterwarnings('ignore', category=rnndrop.KernelFallbackWarning)")
+_INTERNAL = tuple({str(d) + os.sep for p in (Path(__file__).parents[1], Path(torch.__file__).parent)
+                   for d in (p, p.resolve())})  # rnndrop's and torch's folders, as imported and resolved
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning name the caller's line (the user's ``layer(x)``).
+
+    Counted from the function calling ``warnings.warn``: every frame in rnndrop or torch
+    (``Module.__call__``, hooks, ``torch.compile``'s wrappers) is skipped, however many there are.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    return level
+
 
 def select_stack_fn(
     backend: str,
@@ -236,17 +262,19 @@ def select_stack_fn(
     # eager call warns instead.
     if _is_compiling():
         return run_stack, "reference", why
-    if x.device.type == "cpu" and loader.unavailable_reason() is not None and not _warned_unavailable:
+    if (x.device.type == "cpu" and not _warned_unavailable and not loader.disabled()
+            and loader.unavailable_reason() is not None):
         _warned_unavailable = True
         warnings.warn(
-            f"rnndrop: using the slower reference path because {loader.unavailable_reason()}",
-            RuntimeWarning,
-            stacklevel=4,
+            f"rnndrop: the fused CPU kernel is unavailable, so this runs the reference path: "
+            f"{loader.unavailable_reason()}. Cost: {FALLBACK_COST}. {SILENCE_HINT}.",
+            KernelFallbackWarning,
+            stacklevel=_user_stacklevel(),
         )
     if x.device.type == "cuda" and not _warned_triton:
         missing = triton_autograd.unavailable_reason("cuda")
         if missing is not None:
             _warned_triton = True
             warnings.warn(f"rnndrop: using the slower reference path on CUDA because {missing}",
-                          RuntimeWarning, stacklevel=4)
+                          KernelFallbackWarning, stacklevel=_user_stacklevel())
     return run_stack, "reference", why

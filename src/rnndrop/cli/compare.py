@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, help=f"epoch budget per run (default {DEFAULTS['epochs']})")
     t.add_argument("--patience", type=int,
                    help="early stopping patience in epochs (default: the epoch budget, i.e. no early stopping)")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     t.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']:g})")
     t.add_argument("--init", choices=("torch", "keras"),
                    help=f"initial weights: torch.nn's or Keras 3's defaults (default {DEFAULTS['init']})")
@@ -112,7 +112,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "unfinished one with the same options is resumed)")
     o.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: these small matrices run fastest single-threaded)")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress output (by default: bars on a terminal, else one line per finished run)")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(run=run)
 
@@ -343,7 +344,6 @@ def _run(args: argparse.Namespace) -> int:
         return _list_strategies()
     try:
         import torch
-        from tqdm.auto import tqdm
 
         import rnndrop
 
@@ -353,6 +353,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{exc.name} is missing: install the CLI extra, pip install 'rnndrop[cli]'") from None
     from . import report
     from .parallel import available_cores, train_in_parallel
+    from .progress import Progress
     from .runner import TrainConfig, mc_implementation, train_run
     from .strategies import build_model, mask_panels
 
@@ -409,9 +410,9 @@ def _run(args: argparse.Namespace) -> int:
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished in {out}; skipping them.")
 
+    metric, metric_label = ("bits_per_char", "test bits/char") if lm else ("accuracy", "test accuracy")
     start = time.perf_counter()
-    overall = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="all runs", unit="run",
-                   disable=args.no_progress, position=0)
+    progress = Progress(len(jobs), len(jobs) - len(todo), enabled=not args.no_progress)
     workers = min(opts["jobs"] or available_cores(), max(1, len(todo)))
     try:
         if workers > 1:
@@ -419,32 +420,26 @@ def _run(args: argparse.Namespace) -> int:
                 record["run_key"] = keys[name]
                 report.write_json(_run_file(out, name, rates[name], seed), record)
                 done[(seed, name)] = record
-                overall.update(1)
+                progress.finish_run(name, seed, metric_label, record["test"][metric],
+                                    record["train_seconds"] + record["eval_seconds"])
 
             train_in_parallel(task, [(seed, s.name, rates[s.name]) for seed, s in todo], cfg, workers, finished,
                               threads=args.threads)
         for seed, s in todo if workers == 1 else []:
-            bar = tqdm(total=cfg.epochs, desc=f"{s.name} seed {seed}", unit="ep", leave=False,
-                       disable=args.no_progress, position=1)
-
-            def on_epoch(epoch: int, stats: dict[str, float], bar: Any = bar) -> None:
-                bar.update(1)
-                bar.set_postfix(val_loss=f"{stats['val_loss']:.3f}", val_acc=f"{stats['val_accuracy']:.3f}")
-
+            on_epoch = progress.start_run(s.name, seed, cfg.epochs)
             record = train_run(task, s, rates[s.name], seed, cfg, on_epoch)
-            bar.close()
             record["run_key"] = keys[s.name]
             report.write_json(_run_file(out, s.name, rates[s.name], seed), record)
             done[(seed, s.name)] = record
-            overall.update(1)
+            progress.finish_run(s.name, seed, metric_label, record["test"][metric],
+                                record["train_seconds"] + record["eval_seconds"])
     finally:
-        overall.close()
+        progress.close()
     elapsed = time.perf_counter() - start
 
     runs = [done[(seed, s.name)] for seed, s in jobs]
     order = [s.name for s in available]
     rows = report.summarize(runs, order)
-    metric = "bits_per_char" if lm else "accuracy"
     comps = report.comparisons(runs, metric=metric)
     if lm:
         advice = report.recommendation(runs, rows, metric=metric, higher_is_better=False, label="test bits/char")

@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a small LSTM with and without recurrent dropout on generated data")
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=80, help="training epochs of each variant (default 80)")
     p.add_argument("--rate", type=float, default=0.25, help="input and recurrent dropout rate (default 0.25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and masks (default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to this file")
     p.set_defaults(run=run)
