@@ -367,7 +367,11 @@ def scaled_error(a: torch.Tensor, r: torch.Tensor) -> float:
     return (a[finite] - r[finite]).abs().max().item() / max(1.0, r[finite].abs().max().item())
 
 
-def mismatches(got: Outcome, want: Outcome, tol: float) -> list[str]:
+# The largest error / tolerance seen per (kernel, dtype or autocast dtype) in this process, for reports.
+WORST: dict[tuple[str, str], float] = {}
+
+
+def mismatches(got: Outcome, want: Outcome, tol: float, key: tuple[str, str] | None = None) -> list[str]:
     """Every tensor pair beyond ``tol`` (or missing, or of another shape), described."""
     problems = []
     if len(got.tensors) != len(want.tensors):
@@ -384,24 +388,30 @@ def mismatches(got: Outcome, want: Outcome, tol: float) -> list[str]:
         if r.numel() == 0:
             continue
         err = scaled_error(a, r)
+        if key is not None:
+            WORST[key] = max(WORST.get(key, 0.0), err / tol)
         if not err <= tol:
             problems.append(f"{name}: scaled error {err:.3e} > {tol:.1e}")
     return problems
 
 
 def check_kernel(cfg: Config, kernel: registry.Kernel, *, must_run: bool = True,
-                 want: Outcome | None = None) -> Outcome:
-    """Run ``cfg`` on ``kernel`` and on the reference and assert they agree.
+                 references: dict[Config, Outcome] | None = None) -> Outcome:
+    """Run ``cfg`` on ``kernel`` and, if it took the call, on the reference, and assert they agree.
 
     With ``must_run`` the kernel has to take the call (else the comparison would be reference
-    against reference); returns the kernel's outcome (``backend`` says whether it ran).
+    against reference). ``references`` caches the reference's outcome between kernels. Returns the
+    kernel's outcome (``backend`` says whether it ran).
     """
     got = on_kernel(cfg, kernel)
     if got.backend != kernel.name:
         assert not must_run, f"{kernel.name} declined {cfg.short()}: {got.reason}"
         return got
-    want = want if want is not None else reference(cfg)
-    problems = mismatches(got, want, tolerance(cfg))
+    references = {} if references is None else references
+    if cfg not in references:
+        references[cfg] = reference(cfg)
+    key = (kernel.name, str(cfg.autocast or cfg.dtype).replace("torch.", ""))
+    problems = mismatches(got, references[cfg], tolerance(cfg), key)
     assert not problems, f"{kernel.name} differs from the reference for {cfg.short()}:\n  " + "\n  ".join(problems)
     return got
 
