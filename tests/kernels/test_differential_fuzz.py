@@ -31,6 +31,7 @@ from differential import (
     GRAD_MODES,
     MASK_SOURCES,
     OPTIONS,
+    OVERFLOWED,
     STEP_KINDS,
     WORST,
     Config,
@@ -139,5 +140,7 @@ def test_every_kernel_equals_reference_on_random_configurations(kernel, interpre
     for k in runnable:
         assert took[k.name] > 0, f"{k.name} took none of the {EXAMPLES} fuzz examples"
     worst = {f"{k}/{d}": f"{v:.2g}" for (k, d), v in sorted(WORST.items())}
+    overflowed = {f"{k}/{d}": n for (k, d), n in sorted(OVERFLOWED.items())}
     print(f"fuzz: {EXAMPLES} examples; taken per kernel: {dict(took)}; largest error / tolerance: {worst}; "
+          f"float32 tensors left out (reference overflowed): {overflowed or 'none'}; "
           f"unavailable here: {missing or 'none'}")
