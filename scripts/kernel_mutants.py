@@ -116,11 +116,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "db_hh = dGH.is_same(dGI) ? db_ih.clone() : src.sum(0);",
            "db_hh = db_ih.clone();"),
     Mutant("nograd_cell_buffer_not_rolled",
-           "the no-grad LSTM keeps c in one slot instead of two rolling slots (reads c_{t-1} in place: "
-           "equivalent, every element is read before it is written)",
+           "the no-grad LSTM keeps c in one slot instead of two rolling ones: c_t overwrites c_{t-1} in place "
+           "(harmless for the update itself), so a masked step 'carries over' the new c",
            "cbuf + ((s & 1) * nb + b) * H",
-           "cbuf + b * H",
-           equivalent=True),
+           "cbuf + b * H"),
 )
 
 
