@@ -53,9 +53,11 @@ DEFAULT_TESTS = (
 class Mutant:
     name: str
     what: str  # the bug it plants, in words
-    original: str  # must occur exactly once in rnn.cpp
+    original: str  # occurs `occurrences` times in rnn.cpp
     mutated: str
     equivalent: bool = False  # known to compute the same result (a survivor is then expected)
+    occurrences: int = 1  # how often `original` occurs in rnn.cpp (the mutant edits one of them) ...
+    occurrence: int = 0  # ... this one (0-based)
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -68,9 +70,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "  for (int64_t p = 0; p < panels; ++p) {\n    const float* bp",
            "  for (int64_t p = 0; p < std::min<int64_t>(panels, 1); ++p) {\n    const float* bp"),
     Mutant("partial_vector_drops_a_column",
-           "the masked store of a panel's last, partial vector writes one column too few",
+           "the masked store of a panel's last, partial vector writes one column too few (float32 micro-kernel)",
            "static_cast<__mmask16>((1u << left) - 1u)",
-           "static_cast<__mmask16>((1u << (left - 1)) - 1u)"),
+           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=0),
+    Mutant("partial_vector_drops_a_column_bf16",
+           "the same in the bf16 (autocast) micro-kernel",
+           "static_cast<__mmask16>((1u << left) - 1u)",
+           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=1),
+    Mutant("packed_weight_cache_ignores_version",
+           "the packed-W_hh cache serves a weight modified in place (optimizer step) from its old packing",
+           "!e.weight.expired() && e.version == version &&",
+           "!e.weight.expired() &&"),
     Mutant("five_row_tile_as_four",
            "a 5-row remainder tile of the micro-kernel computes only 4 rows",
            "case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;",
@@ -147,9 +157,12 @@ def prepare(mutant: Mutant | None, workdir: Path) -> tuple[Path, Path] | str:
     source = (PACKAGE / KERNEL_SOURCE).read_text()
     if mutant is not None:
         count = source.count(mutant.original)
-        if count != 1:
-            return f"stale: the original text occurs {count} times in rnn.cpp (update the mutant)"
-        source = source.replace(mutant.original, mutant.mutated)
+        if count != mutant.occurrences:
+            return (f"stale: the original text occurs {count} times in rnn.cpp, not {mutant.occurrences} "
+                    "(update the mutant)")
+        parts = source.split(mutant.original)
+        k = mutant.occurrence + 1
+        source = mutant.original.join(parts[:k]) + mutant.mutated + mutant.original.join(parts[k:])
     # Reuse a previous copy whose kernel source is the same (its build is then reused too).
     if not (pkg / KERNEL_SOURCE).is_file() or (pkg / KERNEL_SOURCE).read_text() != source:
         copy_package(pkg)
