@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_policy import kernels_required
 
-DEFAULT_EXAMPLES = 350
+DEFAULT_EXAMPLES = 700
 EXAMPLES = int(os.environ.get("RNNDROP_FUZZ_EXAMPLES", "0") or 0) or DEFAULT_EXAMPLES
 RANDOM = os.environ.get("RNNDROP_FUZZ_RANDOM", "") not in ("", "0")
 # Sizes: mostly small (the interpreter's share too), the micro-kernel's edges, rarely up to 300.
