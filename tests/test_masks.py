@@ -8,6 +8,7 @@ anyway, so a run is reproducible.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -137,6 +138,43 @@ def test_layers_directions_and_kinds_are_independent():
     assert_rate(_joint_zero(fwd.input, bwd.input), p * p)  # each direction draws its own
     assert_rate(_joint_zero(fwd.recurrent, masks.layers[1][0].recurrent), p * p)  # each layer too
     assert_rate(_joint_zero(fwd.input[..., :100], fwd.recurrent), p * p)  # input vs recurrent
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_every_mask_kind_independent_across_directions_and_layers(mode):
+    """Each DirectionMasks field (every kind a layer samples: input, recurrent, DropConnect weight_hh,
+    candidate, zoneout h / c) and the between-layer masks: forward vs reverse direction and layer k vs
+    k+1 are independent draws. At rate 0.5 every kind is 0 with probability 1/2 (a dropped unit, or a
+    zoneout draw that takes the new state), so independent draws are both 0 at rate 1/4, one draw
+    reused at rate 1/2. A kind added to DirectionMasks fails this test until it gets a rate here."""
+    import rnndrop
+
+    h, p = 24, 0.5
+    rates = {"input_dropout": p, "recurrent_dropout": p, "weight_dropout": p, "zoneout_hidden": p, "dropout": p}
+    if mode != "RNN":
+        rates["candidate_dropout"] = p
+    if mode == "LSTM":
+        rates["zoneout_cell"] = p
+    cls = {"LSTM": rnndrop.LSTM, "GRU": rnndrop.GRU, "RNN": rnndrop.RNN}[mode]
+    # input_size = 2 * hidden: layer 0's input masks have the shape of the later layers'.
+    layer = cls(2 * h, h, num_layers=3, bidirectional=True, gate_masks="per_gate", dtype=F64, **rates)
+    masks = layer.sample_masks(40, 8, generator=torch.Generator().manual_seed(7))
+    kinds = [f.name for f in dataclasses.fields(DirectionMasks)]
+    expected = set(kinds) - ({"candidate", "zoneout_c"} if mode == "RNN" else {"zoneout_c"} if mode == "GRU" else set())
+    sampled = {name for dirs in masks.layers for m in dirs for name in m.active()}
+    assert sampled == expected, "a mask kind is not sampled: give it a rate above"
+    for name in sorted(sampled):
+        for k in range(3):
+            fwd, rev = (getattr(m, name) for m in masks.layers[k])
+            assert not torch.equal(fwd, rev), f"{name}: layer {k} reuses the forward mask for the reverse direction"
+            assert_rate(_joint_zero(fwd, rev), p * p)
+            if k < 2:
+                nxt = getattr(masks.layers[k + 1][0], name)
+                assert not torch.equal(fwd, nxt), f"{name}: layers {k} and {k + 1} share a mask"
+                assert_rate(_joint_zero(fwd, nxt), p * p)
+    first, second = masks.between
+    assert not torch.equal(first, second)
+    assert_rate(_joint_zero(first, second), p * p)
 
 
 def test_between_mask_fresh_per_timestep():

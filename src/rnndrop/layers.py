@@ -96,13 +96,15 @@ _DOC_FORWARD = """
             step_mask: Keras-style boolean mask ``(N, L)`` (always batch first; ``(L,)`` unbatched),
                 True = real step. Any pattern is allowed (left/right padding, holes, empty rows);
                 at a masked step all states are carried over and the output repeats the previous
-                output (zeros if ``zero_output_for_mask``).
+                output (zeros if ``zero_output_for_mask``). On the input's device, or on the CPU (then
+                moved to the input's device, like ``lengths``).
             lengths: ``(N,)`` integer lengths in ``[0, L]`` (a number for unbatched input) of right-padded
                 sequences; equivalent to
                 packing: outputs past a sequence's length are zeros and the final state is the
-                state at its last real step.
+                state at its last real step. On the CPU (as torch's packing wants them) or the input's device.
             dropout_masks: pre-sampled :class:`~rnndrop.DropoutMasks` to use instead of sampling
-                (in any mode) — for reproducing or comparing implementations.
+                (in any mode) — for reproducing or comparing implementations. Each mask must have the
+                input's dtype and device and finite values (e.g. from ``layer.sample_masks``).
             generator: overrides the layer's generator for this call.
         Returns:
             ``(output, {ret_doc})`` exactly as torch.nn: ``output`` is ``(L, N, D * H_out)``
@@ -485,7 +487,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         spec = self.mask_spec
         exporter = _exporter()
         if dropout_masks is not None:
-            spec.check(dropout_masks, batch, time)
+            spec.check(dropout_masks, batch, time, dtype=x.dtype, device=x.device)
             masks: DropoutMasks | None = dropout_masks
         elif self.training:
             if not spec.is_empty():
@@ -538,14 +540,30 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             )
         if x.shape[0] == 0:
             raise RnnDropValueError("input must have at least one timestep, got sequence length 0")
-        p = self.weight_ih_l0
-        if x.dtype != p.dtype:
+        # Every parameter, not only the first: one converted after construction (`layer.weight_hh_l0.data =
+        # ....float()`, a partial .to()) would otherwise surface as torch's "m1 and m2 must have the same dtype".
+        params = [(name, getattr(self, name)) for name in self._flat_weights_names]
+        first = params[0][1]
+        if any(p.dtype != first.dtype for _, p in params):
+            odd = [(n, p) for n, p in params if p.dtype != x.dtype] or params
             raise RnnDropTypeError(
-                f"input dtype {x.dtype} does not match the parameters' dtype {p.dtype}; "
+                f"parameter {odd[0][0]} has dtype {odd[0][1].dtype} but the input has {x.dtype}; every parameter "
+                f"must have the input's dtype (was one converted after construction?): convert the whole layer, "
+                f"e.g. layer.to({x.dtype})"
+            )
+        if any(p.device != first.device for _, p in params):
+            odd = [(n, p) for n, p in params if p.device != x.device] or params
+            raise RnnDropValueError(
+                f"parameter {odd[0][0]} is on {odd[0][1].device} but the input is on {x.device}; every parameter "
+                f"must be on the input's device: move the whole layer, e.g. layer.to({str(x.device)!r})"
+            )
+        if x.dtype != first.dtype:
+            raise RnnDropTypeError(
+                f"input dtype {x.dtype} does not match the parameters' dtype {first.dtype}; "
                 f"convert one of them (e.g. layer.to({x.dtype}))"
             )
-        if x.device != p.device:
-            raise RnnDropValueError(f"input is on {x.device} but the parameters are on {p.device}")
+        if x.device != first.device:
+            raise RnnDropValueError(f"input is on {x.device} but the parameters are on {first.device}")
 
     @staticmethod
     def _check_step_mask(
@@ -561,6 +579,11 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                 f"step_mask must have shape {want} (batch, time) — batch first whatever batch_first is — "
                 f"got {tuple(step_mask.shape)}"
             )
+        if step_mask.device != device and step_mask.device.type != "cpu":
+            raise RnnDropValueError(
+                f"step_mask must be on the input's device ({device}) or on the CPU (it is then moved to the "
+                f"input's device), got {step_mask.device}"
+            )
         m = step_mask if batched else step_mask.unsqueeze(0)
         return m.to(device).transpose(0, 1)
 
@@ -569,6 +592,11 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         lengths = torch.as_tensor(lengths)
         if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
             raise RnnDropTypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        if lengths.device != device and lengths.device.type != "cpu":  # CPU lengths are moved, as torch's packing does
+            raise RnnDropValueError(
+                f"lengths must be on the input's device ({device}) or on the CPU (they are then moved to the "
+                f"input's device), got {lengths.device}"
+            )
         if not batched and lengths.dim() == 0:  # one unbatched sequence: a plain number is natural
             lengths = lengths.reshape(1)
         if tuple(lengths.shape) != (batch,):

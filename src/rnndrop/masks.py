@@ -237,8 +237,18 @@ class MaskSpec:
         layers = tuple((direction,) * self.num_directions for _ in range(self.num_layers))
         return DropoutMasks(layers, ())
 
-    def check(self, masks: DropoutMasks, batch: int, time: int) -> None:
-        """Validate user-supplied masks against this spec (shapes only; values are the caller's)."""
+    def check(
+        self,
+        masks: DropoutMasks,
+        batch: int,
+        time: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Validate user-supplied masks against this spec: types, shapes and, when given, the input's
+        ``dtype`` and ``device``; values must be finite (checked in eager mode only: under
+        ``torch.compile`` a data-dependent check would break the graph). Other values are the caller's."""
         if not isinstance(masks, DropoutMasks):
             raise RnnDropTypeError(f"dropout_masks must be a rnndrop.DropoutMasks, got {type(masks).__name__}")
         if len(masks.layers) != self.num_layers or any(len(d) != self.num_directions for d in masks.layers):
@@ -272,12 +282,36 @@ class MaskSpec:
                         raise RnnDropValueError(
                             f"dropout_masks.layers[{k}][{d}].{name} must have shape ({want}), got {got}"
                         )
+                    _check_mask_tensor(t, f"dropout_masks.layers[{k}][{d}].{name}", dtype, device)
         if len(masks.between) not in (0, self.num_layers - 1):
             raise RnnDropValueError(f"dropout_masks.between must have {self.num_layers - 1} entries")
         for k, t in enumerate(masks.between):
             size = self.num_directions * self.hidden_out
-            if t is not None and (t.dim() != 3 or t.shape[0] not in (1, time) or t.shape[1] not in (1, batch)
-                                  or t.shape[2] != size):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] not in (1, time)
+                                  or t.shape[1] not in (1, batch) or t.shape[2] != size):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise RnnDropValueError(
-                    f"dropout_masks.between[{k}] must have shape (1|{time}, 1|{batch}, {size}), got {tuple(t.shape)}"
+                    f"dropout_masks.between[{k}] must have shape (1|{time}, 1|{batch}, {size}), got {got}"
                 )
+            if t is not None:
+                _check_mask_tensor(t, f"dropout_masks.between[{k}]", dtype, device)
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def _check_mask_tensor(
+    t: torch.Tensor, argument: str, dtype: torch.dtype | None, device: torch.device | str | None
+) -> None:
+    """A user-supplied mask has the input's dtype and device (no silent promotion or copy) and finite values."""
+    if dtype is not None and t.dtype != dtype:
+        raise RnnDropTypeError(f"{argument} must have dtype {dtype} (the input's), got {t.dtype}")
+    if device is not None and t.device != torch.device(device):
+        raise RnnDropValueError(f"{argument} must be on {torch.device(device)} (the input's device), got {t.device}")
+    if not t.is_floating_point():
+        raise RnnDropTypeError(f"{argument} must be a floating point tensor, got dtype {t.dtype}")
+    # A NaN or inf would spread silently through every step; meta tensors have no values to look at.
+    if t.device.type != "meta" and not _is_compiling() and not bool(torch.isfinite(t).all()):
+        raise RnnDropValueError(f"{argument} must hold finite values, got NaN or inf")

@@ -111,6 +111,50 @@ def run_direction(
 DirectionFn = Callable[..., tuple[torch.Tensor, State]]
 
 
+class _CallerTensorsUnchanged(torch.autograd.Function):
+    """Identity (as views) on the tensors a call reads from its caller, which it saves for the backward.
+
+    Modifying the input or an initial state in place between forward and backward must fail the
+    same way whichever implementation ran. The compiled kernels save ``x`` and ``h0`` (they recompute
+    from them), so there torch's version-counter check raises; the reference would not (with an input
+    or recurrent mask it saves only ``x * m``), and would silently succeed. Raising on both is what
+    ``torch.nn.LSTM`` does too, and it is the only consistent choice that needs no copy of ``x``.
+    The first layer's input weights ride along so that the check also runs when only the parameters
+    require grad (the usual case: ``x`` is data); outputs whose tensor needs no grad stay so.
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        ctx.save_for_backward(*tensors)
+        outs = tuple(t.view_as(t) for t in tensors)
+        ctx.mark_non_differentiable(*(o for o, needs in zip(outs, ctx.needs_input_grad) if not needs))
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        ctx.saved_tensors  # noqa: B018  (torch raises here if one was modified in place since the forward)
+        return grads
+
+
+def _guard_caller_tensors(
+    x: torch.Tensor, init_states: Sequence[torch.Tensor], params: Sequence[Sequence[DirectionParams]]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], list[list[DirectionParams]]]:
+    """``x``, the states and the first layer's ``w_ih`` through :class:`_CallerTensorsUnchanged` when a
+    backward can follow (eager autograd only: no-grad calls, tracing, export and torch.compile, which
+    keeps its own saved tensors, are left as they are)."""
+    first = [p.w_ih for p in params[0]]
+    tensors = (x, *init_states, *first)
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    if (not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors) or compiling
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return x, tuple(init_states), [list(layer) for layer in params]
+    outs = _CallerTensorsUnchanged.apply(*tensors)
+    n = len(init_states)
+    layers = [list(layer) for layer in params]
+    layers[0] = [replace(p, w_ih=w) for p, w in zip(layers[0], outs[1 + n:])]
+    return outs[0], tuple(outs[1 : 1 + n]), layers
+
+
 def run_stack(
     cfg: CellConfig,
     x: torch.Tensor,
@@ -134,6 +178,7 @@ def run_stack(
         ``output`` ``(T, B, D * H_out)`` of the last layer and the final states, each ``(L * D, B, ·)``.
     """
     num_dirs = len(params[0])
+    x, init_states, params = _guard_caller_tensors(x, init_states, params)
     finals: list[list[torch.Tensor]] = [[] for _ in init_states]
     layer_input = x
     for k, layer_params in enumerate(params):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kernel_policy import skip_or_fail
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import rnndrop
@@ -165,7 +166,7 @@ def test_default_backend_compiles_in_one_graph(kind: str) -> None:
     from rnndrop._kernels import loader
 
     if loader.load() is None:
-        pytest.skip(f"CPU extension unavailable: {loader.unavailable_reason()}")
+        skip_or_fail(f"CPU extension unavailable: {loader.unavailable_reason()}")
     torch.manual_seed(0)
     if kind == "lstm":
         layer = rnndrop.LSTM(FEATURES, HIDDEN, batch_first=True, input_dropout=0.2, recurrent_dropout=0.2)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from triton_support import kernels_required
+from kernel_policy import kernels_required
 
 SCRIPT = Path(__file__).with_name("triton_compile_check.py")
 

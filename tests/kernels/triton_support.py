@@ -22,13 +22,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from kernel_policy import kernels_required
 
 from rnndrop._kernels import registry, triton_autograd
-
-
-def kernels_required() -> bool:
-    # The convention of tests/kernels/conftest.py (a conftest is not importable as a module).
-    return any(os.environ.get(v, "").lower() not in ("", "0", "false") for v in ("CI", "RNNDROP_REQUIRE_KERNELS"))
 
 
 def _interpreter_requested() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -260,3 +261,128 @@ def test_bad_dropout_masks_and_generator():
         layer(x, dropout_masks=wrong_batch)
     with raises_naming(RnnDropTypeError, "generator"):
         layer(x, generator=1)
+
+
+# --------------------------------------------------------------------------- forward: what used to be raw torch errors
+# Each row: what a user does, the error class, the argument the message must name. Before issue 12 these
+# surfaced as torch's own messages ("m1 and m2 must have the same dtype", "Cannot copy out of meta
+# tensor") or were accepted silently (NaN masks). Meta tensors stand in for "another device" on this
+# CPU-only machine: the checks compare devices, whatever they are.
+def _convert_param(name: str, **to: Any):
+    def apply(layer):
+        setattr(layer, name, torch.nn.Parameter(getattr(layer, name).detach().to(**to)))
+    return apply
+
+
+def _mask_edit(path: tuple[int, int, str] | int, edit):
+    """Replace one mask of a freshly sampled DropoutMasks by ``edit(mask)``."""
+    def apply(layer, masks: rnndrop.DropoutMasks) -> rnndrop.DropoutMasks:
+        if isinstance(path, int):
+            between = list(masks.between)
+            between[path] = edit(between[path])
+            return rnndrop.DropoutMasks(masks.layers, tuple(between))
+        k, d, name = path
+        layers = [list(dirs) for dirs in masks.layers]
+        layers[k][d] = replace(layers[k][d], **{name: edit(getattr(layers[k][d], name))})
+        return rnndrop.DropoutMasks(tuple(tuple(dirs) for dirs in layers), masks.between)
+    return apply
+
+
+def _nan_at_end(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[-1] = float("nan")
+    return t
+
+
+def _inf_at_start(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[0] = float("inf")
+    return t
+
+
+PARAMETER_ROWS = [
+    ("weight_hh_l0 converted to float32", _convert_param("weight_hh_l0", dtype=torch.float32), RnnDropTypeError,
+     "weight_hh_l0"),
+    ("bias_ih_l1_reverse converted to float32", _convert_param("bias_ih_l1_reverse", dtype=torch.float32),
+     RnnDropTypeError, "bias_ih_l1_reverse"),
+    ("weight_ih_l0 (the first) converted to float32", _convert_param("weight_ih_l0", dtype=torch.float32),
+     RnnDropTypeError, "weight_ih_l0"),
+    ("weight_hh_l1 moved to another device", _convert_param("weight_hh_l1", device="meta"), RnnDropValueError,
+     "weight_hh_l1"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("what, edit, exc, argument", PARAMETER_ROWS, ids=[r[0] for r in PARAMETER_ROWS])
+def test_one_parameter_converted_after_construction(backend, what, edit, exc, argument):
+    layer = _layer(input_dropout=0.2, recurrent_dropout=0.2, backend=backend)
+    edit(layer)
+    with raises_naming(exc, argument) as err:
+        layer(torch.zeros(5, 2, 3, dtype=F64))
+    assert "float64" in str(err.value) or "cpu" in str(err.value)  # the expected value: the input's
+
+
+MASK_ROWS = [
+    ("recurrent mask of another dtype", (0, 1, "recurrent"), lambda t: t.float(), RnnDropTypeError, "float64"),
+    ("input mask on another device", (1, 0, "input"), lambda t: t.to("meta"), RnnDropValueError, "cpu"),
+    ("weight_hh mask holding NaN", (0, 0, "weight_hh"), _nan_at_end, RnnDropValueError, "finite"),
+    ("recurrent mask holding inf", (1, 1, "recurrent"), _inf_at_start, RnnDropValueError, "finite"),
+    ("between mask holding NaN", 0, _nan_at_end, RnnDropValueError, "finite"),
+    ("between mask of another dtype", 0, lambda t: t.float(), RnnDropTypeError, "float64"),
+    ("integer mask", (0, 0, "input"), lambda t: t.long(), RnnDropTypeError, "float64"),
+]
+
+
+@pytest.mark.parametrize("what, path, edit, exc, expected", MASK_ROWS, ids=[r[0] for r in MASK_ROWS])
+def test_bad_dropout_mask_values_dtype_device(what, path, edit, exc, expected):
+    layer = _layer(input_dropout=0.2, recurrent_dropout=0.2, weight_dropout=0.2, dropout=0.3)
+    masks = _mask_edit(path, edit)(layer, layer.sample_masks(2, 5))
+    if isinstance(path, int):
+        name = f"dropout_masks.between[{path}]"
+    else:
+        name = f"dropout_masks.layers[{path[0]}][{path[1]}].{path[2]}"
+    for mode in ("train", "eval"):  # injected masks are used (so checked) in either mode
+        getattr(layer, mode)()
+        with raises_naming(exc, name) as err:
+            layer(torch.zeros(5, 2, 3, dtype=F64), dropout_masks=masks)
+        assert expected in str(err.value)
+
+
+def test_step_mask_and_lengths_on_another_device():
+    x = torch.zeros(5, 2, 3, dtype=F64)
+    with raises_naming(RnnDropValueError, "step_mask") as err:
+        _layer()(x, step_mask=torch.ones(2, 5, dtype=torch.bool, device="meta"))
+    assert "cpu" in str(err.value)
+    with raises_naming(RnnDropValueError, "lengths") as err:
+        _layer()(x, lengths=torch.tensor([5, 3], device="meta"))
+    assert "cpu" in str(err.value)
+
+
+def test_cpu_step_mask_and_lengths_follow_the_input_device():
+    # Documented: a CPU step mask or lengths is moved to the input's device (torch's packing takes CPU lengths).
+    layer = _layer().to("meta")
+    x = torch.zeros(5, 2, 3, dtype=F64, device="meta")
+    for kw in ({"step_mask": torch.ones(2, 5, dtype=torch.bool)}, {"lengths": torch.tensor([5, 3])}):
+        out, (h, _) = layer(x, **kw)
+        assert out.device.type == h.device.type == "meta" and out.shape == (5, 2, 8)
+
+
+# Modifying the input or an initial state in place between forward and backward: torch's version-counter
+# error on every backend (the fused kernels need the saved tensors; the reference saves them for this
+# check, see reference._CallerTensorsUnchanged), as torch.nn.LSTM does, never a silent success on one.
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("which", ["input", "h_0"])
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_in_place_modification_before_backward_fails_on_every_backend(backend, cls, which, input_requires_grad):
+    # torch's own kernels take no recurrent mask; "auto" with these masks runs the fused kernel when built.
+    dropout = {} if backend == "torch" else {"input_dropout": 0.3, "recurrent_dropout": 0.3}
+    layer = cls(3, 4, dtype=F64, backend=backend, **dropout)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=input_requires_grad)
+    h = torch.randn(1, 2, 4, dtype=F64)
+    hx = (h, torch.zeros(1, 2, 4, dtype=F64)) if cls is rnndrop.LSTM else h
+    out, _ = layer(x, hx)
+    with torch.no_grad():
+        (x if which == "input" else h).add_(1.0)
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation|modified inplace"):
+        out.sum().backward()
