@@ -180,12 +180,27 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
     # Only now (the extension is there): make it torch.ops.rnndrop.fused_* so torch.compile can trace it.
     from . import ops
 
+    _register_sampler(module)
     try:
         ops.register()
     except Exception as exc:  # the ops are an addition: without them the kernel still runs eagerly
         warnings.warn(f"rnndrop: could not register the CPU kernel as custom ops ({exc}); torch.compile will "
                       "graph-break around it", RuntimeWarning, stacklevel=2)
     return module, None
+
+
+def _register_sampler(module: ModuleType) -> None:
+    """Zoneout's counter-based draws from the extension (the same numbers as masks.py's torch code)."""
+    if not hasattr(module, "hashed_bernoulli"):
+        return
+    from .. import masks
+
+    def sampler(k0: int, k1: int, p: float, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        if dtype not in (torch.float32, torch.float64):
+            return None  # masks.py's torch code draws other dtypes
+        return module.hashed_bernoulli(k0, k1, p, list(shape), dtype)
+
+    masks.register_fast_sampler(sampler)
 
 
 def _load_library(path: Path) -> ModuleType:

@@ -3,8 +3,9 @@
 Registered when this module is imported, which :mod:`.loader` does only after the extension
 has loaded (never at ``import rnndrop``, never without the extension). As registered ops with
 fake (meta) implementations, Dynamo and AOTAutograd put them into a graph as single nodes
-instead of breaking the graph at the opaque pybind functions; eagerly they cost one
-dispatcher call per direction, not per timestep.
+instead of breaking the graph at the opaque pybind functions. Eager calls skip the op and call
+the extension directly (:func:`forward`, :func:`backward`): the same kernel, without the op's
+Python dispatch.
 
 Custom ops cannot return ``None``: outputs a configuration does not produce (the LSTM cell
 state of a GRU, buffers not saved without a backward) come back as empty ``(0,)`` tensors;
@@ -133,10 +134,17 @@ def register() -> bool:
     return True
 
 
+def _is_compiling() -> bool:
+    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
+
+
+# Eagerly the extension is called directly: the custom op's Python dispatch (torch.library's autograd
+# and functorch layers) costs about 80 µs per call, as much as a whole small-sequence kernel call. Under
+# torch.compile the op is what Dynamo traces (one graph node with a fake implementation).
 def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
-    """The extension's ``forward`` (same arguments), through the op if registered; ``None`` for outputs not made."""
+    """The extension's ``forward`` (same arguments); the op while compiling; ``None`` for outputs not made."""
     mode, reset_after, save, steps, zh, zc = args[0], args[3], args[6], args[14], args[16], args[17]
-    if _registered:
+    if _registered and _is_compiling():
         outs = torch.ops.rnndrop.fused_forward(*args)
         return as_optional(outs, present_forward(mode, reset_after, save, steps is not None, zh is not None,
                                                  zc is not None))
@@ -144,9 +152,9 @@ def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
 
 
 def backward(*args: object) -> tuple[torch.Tensor | None, ...]:
-    """The extension's ``backward`` (same arguments), through the op if registered; ``None`` for grads not made."""
+    """The extension's ``backward`` (same arguments); the op while compiling; ``None`` for grads not made."""
     mode, has_bias = args[0], args[10]
-    if _registered:
+    if _registered and _is_compiling():
         return as_optional(torch.ops.rnndrop.fused_backward(*args), present_backward(mode, has_bias))
     return tuple(_ext().backward(*args))
 
