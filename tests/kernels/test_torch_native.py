@@ -38,11 +38,18 @@ def _case(mode: str, activation: str, options: dict, dtype: torch.dtype) -> Case
     return Case(mode=mode, activation=activation, steps=steps, dtype=dtype, batch=4, time=6, hidden=5, **options)
 
 
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (cuDNN, same code)")
+DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(ELIGIBLE))
 @pytest.mark.parametrize("mode,activation", CELLS, ids=[f"{m}-{a}" for m, a in CELLS])
-def test_torch_kernel_equals_reference(mode: str, activation: str, name: str, dtype: torch.dtype) -> None:
+def test_torch_kernel_equals_reference(mode: str, activation: str, name: str, dtype: torch.dtype,
+                                       device: str) -> None:
     case = _case(mode, activation, ELIGIBLE[name], dtype)
+    case.device = device
     res = run_twins(case, backend="torch")
     assert res["backends"] == ["torch", "reference"], res["backends"]
     err, where = max_scaled_error(res["pairs"])

@@ -20,7 +20,9 @@ to the input's dtype so that every path returns what :mod:`rnndrop.reference` re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import _VF
@@ -171,11 +173,25 @@ def _call_vf(
     else:
         fn = _VF.gru if cfg.mode == "GRU" else (_VF.rnn_tanh if cfg.activation == "tanh" else _VF.rnn_relu)
         h = hx[0]
-    if batch_sizes is None:
-        result = fn(data, h, flat, has_biases, num_layers, 0.0, train, bidirectional, False)
-    else:
-        result = fn(data, batch_sizes, h, flat, has_biases, num_layers, 0.0, train, bidirectional)
+    with _quiet_cudnn_weights(data.device.type == "cuda"):
+        if batch_sizes is None:
+            result = fn(data, h, flat, has_biases, num_layers, 0.0, train, bidirectional, False)
+        else:
+            result = fn(data, batch_sizes, h, flat, has_biases, num_layers, 0.0, train, bidirectional)
     return result[0], tuple(result[1:])
+
+
+@contextlib.contextmanager
+def _quiet_cudnn_weights(active: bool) -> Iterator[None]:
+    """cuDNN warns on every call whose weights are not one flat buffer (torch.nn's flatten_parameters);
+    rnndrop's are separate parameters, and folded ones are new tensors each call: the warning says
+    nothing actionable here, so it is filtered for these calls only."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")
+        yield
 
 
 def torch_run_stack(
