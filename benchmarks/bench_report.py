@@ -125,10 +125,36 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def readme_table(results: dict[str, Any], configs: dict[str, dict[str, int]]) -> list[str]:
+    """The README's summary: per config, train / inference, ratios to torch.nn float32 unless noted."""
+    lines = [
+        "| config (B, T, in, hidden) | torch.nn LSTM | rnndrop LSTM, dropout 0.25/0.25 | same, bf16 autocast "
+        "(× torch.nn bf16) | rnndrop LSTM, eval (torch's kernel) | torch.nn GRU | rnndrop GRU, dropout 0.25/0.25 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(v: dict[str, Entry], name: str, bar: str = "torch.nn") -> str:
+        return f"{v[name]['train'] / v[bar]['train']:.2f}× / {v[name]['infer'] / v[bar]['infer']:.2f}×"
+
+    for cfg, by_cell in results.items():
+        c = configs[cfg]
+        lstm, gru = by_cell.get("LSTM"), by_cell.get("GRU")
+        if lstm is None or gru is None:
+            continue
+        shape = f"{cfg} ({c['batch']}, {c['time']}, {c['input']}, {c['hidden']})"
+        lines.append(
+            f"| {shape} | {lstm['torch.nn']['train']:.1f} ms / {lstm['torch.nn']['infer']:.1f} ms | "
+            f"{pair(lstm, 'fused+drop')} | {pair(lstm, 'fused+drop bf16', 'torch.nn bf16')} | "
+            f"{pair(lstm, 'auto eval')} | {gru['torch.nn']['train']:.1f} ms / {gru['torch.nn']['infer']:.1f} ms | "
+            f"{pair(gru, 'fused+drop')} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="a bench_cpu.py result file")
-    parser.add_argument("--part", choices=("figures", "targets", "all"), default="all")
+    parser.add_argument("--part", choices=("figures", "targets", "readme", "all"), default="all")
     args = parser.parse_args(argv)
     data = json.loads(args.json.read_text())
     results = data["results"]
@@ -141,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         out += [*figures_table(results), ""]
     if args.part in ("targets", "all"):
         out += [*targets_table(results), ""]
+    if args.part == "readme":
+        out += [*readme_table(results, data["configs"]), ""]
     sys.stdout.write("\n".join(out))
     return 0
 

@@ -37,7 +37,8 @@ def test_repeated_inference_hits_the_cache(kernel) -> None:
         first = fused(x, dropout_masks=masks)[0]
         hits, misses, _ = ops.packed_weight_stats()
         again = fused(x, dropout_masks=masks)[0]
-    assert ops.packed_weight_stats()[:2] == (hits + 1, misses)
+    hits2, misses2, _ = ops.packed_weight_stats()
+    assert hits2 >= hits + 1 and misses2 == misses  # W_hh (and W_ih for the projection) served from the cache
     assert torch.equal(first, again)
 
 
@@ -69,10 +70,13 @@ def test_per_call_temporaries_are_not_cached(kernel) -> None:
     ops.clear_packed_weights()
     fused, ref = _layer(weight_dropout=0.3)  # W_hh * mask is a fresh tensor every call
     x = torch.randn(5, 3, 8)
+    entries = []
     for _ in range(3):
         masks = fused.sample_masks(3, 5)
         _agree(fused, ref, x, masks)
-    assert ops.packed_weight_stats()[2] == 0
+        entries.append(ops.packed_weight_stats()[2])
+    # Only the parameter W_ih (the input projection's packing) is kept, never a folded W_hh.
+    assert entries == [1, 1, 1]
 
 
 def test_writes_through_data_need_clearing(kernel) -> None:

@@ -125,6 +125,11 @@ def project(
     # Under torch.compile Dynamo refuses out= into the (non-contiguous) column blocks; the
     # compiler plans the memory itself, so the blocks are concatenated instead.
     compiling = _is_compiling()
+    cpu_float = (lowp is None and b_ih is None and x.device.type == "cpu" and x.dtype == torch.float32
+                 and w_ih.dtype == torch.float32)
+    if compiling and cpu_float and ops.projection_available():
+        # The same micro-kernel as eager (bitwise equal results), as one graph node.
+        return ops.input_projection(x, w_ih, mask)
     if compiling and blocks > 1:
         gi = None
     elif x.device.type == "cpu" and not compiling:
@@ -132,6 +137,14 @@ def project(
     else:
         gi = torch.empty(t * b, gh, dtype=out_dtype, device=x.device)
     parts = []
+    # float32 on the CPU: the kernel's own micro-kernel, W_ih^T packed once per parameter version.
+    fast = ops.projection_kernel() if gi is not None and not compiling and cpu_float else None
+    if fast is not None:
+        w = w_ih if w_ih.is_contiguous() else w_ih.contiguous()
+        for g in range(blocks):
+            xm = x2 if mask is None else (x * mask[g]).reshape(t * b, i)
+            fast.project_into(xm.contiguous(), w, g * width, width, gi)
+        return gi.view(t, b, gh)
     with _no_cpu_autocast(lowp is not None):
         w_cast = cast(w_ih)
         for g in range(blocks):

@@ -114,6 +114,17 @@ def _backward_fake(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c
     return tuple(out.new_empty(s if p else (0,)) for s, p in zip(shapes, present))
 
 
+PROJECTION_SCHEMA = "(Tensor x, Tensor w, Tensor? mask) -> Tensor"
+
+
+def _projection_impl(x, w, mask):
+    return _ext().input_projection(x, w, mask)
+
+
+def _projection_fake(x, w, mask):
+    return x.new_empty((x.shape[0], x.shape[1], w.shape[0]))
+
+
 def register() -> bool:
     """Define the ops once per process (the loader calls it after loading the extension).
 
@@ -125,8 +136,11 @@ def register() -> bool:
         return True
     if not hasattr(torch.library, "custom_op") or not hasattr(torch.library, "register_fake"):
         return False
-    for name, schema, impl, fake in (("fused_forward", FORWARD_SCHEMA, _forward_impl, _forward_fake),
-                                     ("fused_backward", BACKWARD_SCHEMA, _backward_impl, _backward_fake)):
+    ops = [("fused_forward", FORWARD_SCHEMA, _forward_impl, _forward_fake),
+           ("fused_backward", BACKWARD_SCHEMA, _backward_impl, _backward_fake),
+           # Registered unconditionally: asking the extension here would re-enter the loader's lock.
+           ("input_projection", PROJECTION_SCHEMA, _projection_impl, _projection_fake)]
+    for name, schema, impl, fake in ops:
         op = torch.library.custom_op(f"{_NAMESPACE}::{name}", impl, mutates_args=(), device_types="cpu",
                                      schema=schema)
         op.register_fake(fake)
@@ -185,3 +199,24 @@ def packed_weight_stats() -> tuple[int, int, int]:
         return (0, 0, 0)
     hits, misses, entries = ext.packed_weight_stats()
     return int(hits), int(misses), int(entries)
+
+
+@torch.compiler.assume_constant_result
+def projection_available() -> bool:
+    """Whether the extension runs the float32 input projection on its micro-kernel (a compile-time constant)."""
+    ext = loader.load()
+    return bool(ext is not None and hasattr(ext, "project_into") and ext.has_projection())
+
+
+def projection_kernel():
+    """The extension when it runs the float32 input projection on its micro-kernel (``project_into``), else None.
+
+    Eager only; under torch.compile use :func:`input_projection`, the registered op."""
+    return loader.load() if projection_available() else None
+
+
+def input_projection(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``(x * mask_g) @ W_ih[g]^T`` for all timesteps ``(T, B, G*H)`` as one op (what a compiled graph calls)."""
+    if _registered and hasattr(torch.ops.rnndrop, "input_projection"):
+        return torch.ops.rnndrop.input_projection(x, w, mask)
+    return _ext().input_projection(x, w, mask)

@@ -205,8 +205,10 @@ inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const 
   }
 }
 
-inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, const Operand<float>& b) {
+inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, const Operand<float>& b,
+                        int64_t ldc = -1) {
   const int64_t K = b.K, N = b.N, panels = (N + kPanel - 1) / kPanel;
+  if (ldc < 0) ldc = N;
   const float* packed = b.packed.data_ptr<float>();
   // Panel-outer: one panel of B (K x 64) is reused by every row tile while it is in L2.
   for (int64_t p = 0; p < panels; ++p) {
@@ -215,14 +217,14 @@ inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, con
     for (int64_t r0 = 0, mr = 0; r0 < rows; r0 += mr) {
       mr = tile_rows(rows - r0);
       const float* ar = a + r0 * lda;
-      float* cr = c + r0 * N + p * kPanel;
+      float* cr = c + r0 * ldc + p * kPanel;
       switch (mr) {
-        case 6: micro_tile<6>(K, ar, lda, bp, cr, N, ncols); break;
-        case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;
-        case 4: micro_tile<4>(K, ar, lda, bp, cr, N, ncols); break;
-        case 3: micro_tile<3>(K, ar, lda, bp, cr, N, ncols); break;
-        case 2: micro_tile<2>(K, ar, lda, bp, cr, N, ncols); break;
-        default: micro_tile<1>(K, ar, lda, bp, cr, N, ncols); break;
+        case 6: micro_tile<6>(K, ar, lda, bp, cr, ldc, ncols); break;
+        case 5: micro_tile<5>(K, ar, lda, bp, cr, ldc, ncols); break;
+        case 4: micro_tile<4>(K, ar, lda, bp, cr, ldc, ncols); break;
+        case 3: micro_tile<3>(K, ar, lda, bp, cr, ldc, ncols); break;
+        case 2: micro_tile<2>(K, ar, lda, bp, cr, ldc, ncols); break;
+        default: micro_tile<1>(K, ar, lda, bp, cr, ldc, ncols); break;
       }
     }
   }
@@ -1323,6 +1325,54 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
   return {dGI, dh0, dc0, dW, db_hh, db_ih};
 }
 
+// ---------------------------------------------------------------- the input projection
+//
+// out[:, r0 : r0 + N] <- x (M, K) @ w[r0 : r0 + N]^T, w (G*H, K) the whole W_ih: the projection of all
+// timesteps' (masked) inputs onto one block of W_ih's rows (all of them without per-gate input masks),
+// on the same packed micro-kernel as the recurrence, the block's W^T packed once per parameter version
+// (through the cache, keyed on the whole weight and the block), rows split between threads in chunks.
+// MKL's sgemm reached about 140 GFLOP/s on these tall, thin-K shapes (6400 x 64 @ 64 x 1024). float32
+// with the AVX-512 micro-kernel only (see has_projection(); the caller uses ATen otherwise).
+void project_into(const Tensor& x, const Tensor& w, int64_t row0, int64_t rows_w, Tensor& out) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat && w.dim() == 2 &&
+                  w.scalar_type() == at::kFloat && w.size(1) == x.size(1) && row0 >= 0 && rows_w >= 1 &&
+                  row0 + rows_w <= w.size(0) && out.dim() == 2 && out.is_contiguous() &&
+                  out.scalar_type() == at::kFloat && out.size(0) == x.size(0) && out.size(1) == w.size(0),
+              "rnndrop project_into: x (M, K) and out (M, G*H) contiguous float32, w (G*H, K), a row block of w");
+#if RNNDROP_MICROKERNEL
+  const int64_t M = x.size(0), K = x.size(1), ldc = out.size(1);
+  Operand<float> op = make_operand<float>(w.detach().narrow(0, row0, rows_w).t(), false, w, 1024 + row0);
+  const float* a = x.data_ptr<float>();
+  float* c = out.data_ptr<float>() + row0;
+  constexpr int64_t kChunk = 48;  // rows per task: 8 micro-tiles over one B panel at a time
+  at::parallel_for(0, (M + kChunk - 1) / kChunk, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * kChunk, rows = std::min(kChunk, M - r0);
+      gemm_packed(c + r0 * ldc, a + r0 * K, rows, K, op, ldc);
+    }
+  });
+#else
+  TORCH_CHECK(false, "rnndrop project_into: built without the AVX-512 micro-kernel");
+#endif
+}
+
+bool has_projection() { return RNNDROP_MICROKERNEL != 0; }
+
+// gi (T, B, G*H) = (x * mask_g) @ W_ih[g]^T for every mask gate g (one block without a mask): the
+// functional form of project_into, for torch.compile's graph (eager calls write a reused buffer).
+Tensor input_projection(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& mask) {
+  TORCH_CHECK(x.dim() == 3, "rnndrop input_projection: x must be (T, B, I)");
+  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), GH = w.size(0);
+  const bool masked = mask && mask->defined();
+  const int64_t blocks = masked ? mask->size(0) : 1, width = GH / blocks;
+  Tensor out = at::empty({Tn * B, GH}, x.options());
+  for (int64_t g = 0; g < blocks; ++g) {
+    Tensor xm = masked ? x * mask->select(0, g).unsqueeze(0) : x;
+    project_into(xm.reshape({Tn * B, I}).contiguous(), w.contiguous(), g * width, width, out);
+  }
+  return out.view({Tn, B, GH});
+}
+
 // ---------------------------------------------------------------- zoneout's counter-based draws
 //
 // rnndrop.masks.hashed_bernoulli, the same numbers: element i is 1 when lowbias32 (C. Wellons' integer
@@ -1364,6 +1414,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnndrop::forward, "fused forward of one direction");
   m.def("backward", &rnndrop::backward, "hand-derived backward (BPTT) of one direction");
   m.def("cpu_has_bf16", &rnndrop::cpu_has_bf16, "whether this CPU runs the bf16 (autocast) micro-kernel");
+  m.def("project_into", &rnndrop::project_into, "out[:, r0:r0+N] <- x @ w[r0:r0+N]^T on the packed micro-kernel");
+  m.def("input_projection", &rnndrop::input_projection, "gi = (x * mask_g) @ W_ih[g]^T, functional (for compile)");
+  m.def("has_projection", &rnndrop::has_projection, "whether project_into is built (float32 AVX-512)");
   m.def("hashed_bernoulli", &rnndrop::hashed_bernoulli, "zoneout's counter-based Bernoulli draws (see masks.py)");
   m.def("clear_packed_weights", &rnndrop::clear_packed_weights, "forget every cached packed W_hh");
   m.def("packed_weight_stats", &rnndrop::packed_weight_stats, "[hits, misses, entries] of the packed-W_hh cache");
