@@ -10,10 +10,12 @@ For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures:
 * ``torch.nn``            torch.nn.LSTM / GRU without dropout, float32 — the bar every ratio is taken to;
 * ``torch.nn bf16``       the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` — the bar of the
                           bf16 rows (the table shows both ratios);
-* ``auto eval``           rnndrop with dropout 0.25/0.25 in eval mode (every dropout off), ``backend="auto"``:
-                          torch's own kernel;
-* ``auto batch-scope``    rnndrop, input+recurrent dropout 0.25 per gate with ``mask_scope="batch"``, training
-                          mode: torch's kernel with the masks folded into the weights;
+* ``torch eval``          rnndrop with dropout 0.25/0.25 in eval mode (every dropout off), ``backend="torch"``:
+                          torch's own kernel through rnndrop's registry entry;
+* ``torch batch-scope``   rnndrop, input+recurrent dropout 0.25 per gate with ``mask_scope="batch"``, training
+                          mode, ``backend="torch"``: torch's kernel with the masks folded into the weights;
+* ``auto eval``           ``torch eval`` with ``backend="auto"``: what a user gets (torch's kernel for LSTM
+                          inference, the fused kernel for GRU and for training steps; docs/benchmarks.md);
 * ``fused``               rnndrop, compiled kernel, no dropout;
 * ``fused+drop``          rnndrop, compiled kernel, input_dropout = recurrent_dropout = 0.25, shared masks,
                           one mask per sequence (the default scope);
@@ -80,6 +82,7 @@ class Variant:
 
     module: nn.Module
     backend: str | None = None  # expected ``last_backend``; None for torch.nn and the cell loop
+    infer_backend: str | None = None  # expected ``last_backend`` of the inference call, if not ``backend``
     train_mode: bool = True  # module.train() for the training step (False: eval, e.g. ``auto eval``)
     mc_inference: bool = False  # inference in training mode (Monte-Carlo dropout)
     bf16: bool = False  # under CPU autocast to bfloat16
@@ -94,9 +97,11 @@ def variants(mode: str, input_size: int, hidden: int) -> dict[str, Variant]:
     return {
         "torch.nn": Variant(torch_cls(input_size, hidden)),
         "torch.nn bf16": Variant(torch_cls(input_size, hidden), bf16=True),
-        "auto eval": Variant(ours(input_size, hidden, **drop), "torch", train_mode=False),
-        "auto batch-scope": Variant(ours(input_size, hidden, gate_masks="per_gate", mask_scope="batch", **drop),
-                                    "torch", mc_inference=True),
+        "torch eval": Variant(ours(input_size, hidden, backend="torch", **drop), "torch", train_mode=False),
+        "torch batch-scope": Variant(ours(input_size, hidden, backend="torch", gate_masks="per_gate",
+                                          mask_scope="batch", **drop), "torch", mc_inference=True),
+        "auto eval": Variant(ours(input_size, hidden, **drop), "fused", train_mode=False,
+                             infer_backend="torch" if mode == "LSTM" else "fused"),
         "fused": Variant(ours(input_size, hidden, backend="fused"), "fused"),
         "fused+drop": Variant(ours(input_size, hidden, backend="fused", **drop), "fused", mc_inference=True),
         "fused+drop/gate": Variant(ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop),
@@ -177,9 +182,10 @@ def bench_config(cfg_name: str, mode: str, repeats: int, warmup: int, with_memor
     for name, v in mods.items():
         for kind in ("train", "infer"):
             runs[name][kind]()
-            if v.backend is not None:
+            want = v.infer_backend if kind == "infer" and v.infer_backend is not None else v.backend
+            if want is not None:
                 got = v.module.last_backend
-                assert got == v.backend, f"{name} ({kind}) ran {got}: {v.module.last_backend_reason}"
+                assert got == want, f"{name} ({kind}) ran {got}, not {want}: {v.module.last_backend_reason}"
     times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in mods}
     for kind in ("train", "infer"):
         for _ in range(warmup):

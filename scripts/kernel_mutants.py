@@ -46,6 +46,7 @@ DEFAULT_TESTS = (
     "tests/kernels/test_kernel_bug_classes.py",
     "tests/kernels/test_differential_fuzz.py",
     "tests/kernels/test_kernel_gradcheck.py",
+    "tests/kernels/test_input_projection.py",
 )
 
 
@@ -130,6 +131,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "(harmless for the update itself), so a masked step 'carries over' the new c",
            "cbuf + ((s & 1) * nb + b) * H",
            "cbuf + b * H"),
+    Mutant("projection_block_at_column_0",
+           "the float32 input projection writes every per-gate mask block at column 0 of gi",
+           "float* c = out.data_ptr<float>() + row0;",
+           "float* c = out.data_ptr<float>();"),
+    Mutant("projection_chunk_drops_a_row",
+           "the float32 input projection computes one row fewer than its 48-row thread chunk holds",
+           "rows = std::min(kChunk, M - r0);",
+           "rows = std::min(kChunk - 1, M - r0);"),
 )
 
 

@@ -70,9 +70,12 @@ _DOC_DROPOUT_ARGS = """
             exactly: torch's own kernel (oneDNN / cuDNN) when the call is torch.nn's maths once the
             active dropout is folded in (eval mode or no dropout; a shared per-sample input mask on a
             one-directional layer; ``mask_scope="batch"`` masks; DropConnect; between-layer dropout;
-            ``lengths=`` / packed input; torch's activations), else rnndrop's compiled kernel (float32/64
-            parameters, no projection, tanh/sigmoid/relu/linear activations): the C++ extension for CPU
-            tensors, the Triton kernels for CUDA tensors (also under autocast); else the reference loop.
+            ``lengths=`` / packed input; torch's activations) and that kernel is the faster one (on
+            CUDA; on the CPU for float32 LSTM calls without a backward — the fused kernel is faster
+            for every other CPU call, measured in docs/benchmarks.md), else rnndrop's compiled kernel
+            (float32/64 parameters, no projection, tanh/sigmoid/relu/linear activations): the C++
+            extension for CPU tensors, the Triton kernels for CUDA tensors (also under autocast); else
+            torch's kernel if it can, else the reference loop.
             ``"torch"`` / ``"fused"`` insist on torch's kernel / rnndrop's kernels and raise
             ``KernelUnavailableError`` with the reason; ``"reference"`` always runs the pure-torch loop.
             ``layer.last_backend`` (``"torch"``, ``"fused"``, ``"triton"`` or ``"reference"``) /

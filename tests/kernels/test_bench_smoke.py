@@ -20,8 +20,8 @@ def test_bench_cpu_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
     assert bench.main(["--config", "tiny", "--repeats", "2", "--warmup", "0", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     variants = set(bench.variants("LSTM", 3, 8))
-    assert {"torch.nn", "torch.nn bf16", "auto eval", "auto batch-scope", "fused+drop", "fused+drop bf16",
-            "fused+drop+zoneout", "fused+drop+cand", "cell loop+drop"} <= variants
+    assert {"torch.nn", "torch.nn bf16", "torch eval", "torch batch-scope", "auto eval", "fused+drop",
+            "fused+drop bf16", "fused+drop+zoneout", "fused+drop+cand", "cell loop+drop"} <= variants
     for cell in ("LSTM", "GRU"):
         entry = data["results"]["tiny"][cell]
         assert set(entry) == variants
@@ -29,3 +29,22 @@ def test_bench_cpu_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
             assert v["train"] > 0 and v["infer"] > 0 and len(v["train_runs_ms"]) == 2
             assert v["peak_mib"] is None or v["peak_mib"] >= 0
     assert "torch.nn" in capsys.readouterr().out  # the table was printed
+
+
+def test_bench_choice_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
+    path = BENCH.parent / "bench_choice.py"
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("bench_choice", path)
+    assert spec is not None and spec.loader is not None
+    choice = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choice)
+    out = tmp_path / "c.json"
+    assert choice.main(["--config", "tiny", "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]["tiny"]
+    assert set(rows) == {f"{c} {d}" for c in ("LSTM", "GRU", "RNN") for d in ("float32", "float64")}
+    for name, row in rows.items():
+        assert row["ratio_train"] > 0 and row["ratio_infer"] > 0
+        # What auto took is recorded, and it is the registry's rule: torch's kernel only for LSTM inference.
+        assert row["auto_train"] == "fused"
+        assert row["auto_infer"] == ("torch" if name == "LSTM float32" else "fused")
+    assert "auto takes" in capsys.readouterr().out

@@ -85,7 +85,8 @@ class _VFSpy:
 def test_spy_eval_mode_is_one_call_for_the_whole_stack(monkeypatch) -> None:
     spy = _VFSpy()
     monkeypatch.setattr(torch_native, "_VF", spy)
-    layer = rnndrop.LSTM(3, 4, num_layers=3, bidirectional=True, input_dropout=0.5, recurrent_dropout=0.5).eval()
+    layer = rnndrop.LSTM(3, 4, num_layers=3, bidirectional=True, input_dropout=0.5, recurrent_dropout=0.5,
+                         backend="torch").eval()
     layer(torch.randn(5, 2, 3))
     assert layer.last_backend == "torch" and spy.calls == ["lstm"]
 
@@ -93,7 +94,7 @@ def test_spy_eval_mode_is_one_call_for_the_whole_stack(monkeypatch) -> None:
 def test_spy_batch_scope_training_is_one_call_per_layer(monkeypatch) -> None:
     spy = _VFSpy()
     monkeypatch.setattr(torch_native, "_VF", spy)
-    layer = rnndrop.GRU(3, 4, num_layers=2, recurrent_dropout=0.5, mask_scope="batch")
+    layer = rnndrop.GRU(3, 4, num_layers=2, recurrent_dropout=0.5, mask_scope="batch", backend="torch")
     out, _ = layer(torch.randn(5, 2, 3))
     out.sum().backward()
     assert layer.last_backend == "torch" and spy.calls == ["gru", "gru"]
@@ -103,7 +104,7 @@ def test_spy_batch_scope_training_is_one_call_per_layer(monkeypatch) -> None:
 def test_folded_masks_do_drop(monkeypatch) -> None:
     # A fold that forgot the mask would equal the layer without dropout: check it does not.
     torch.manual_seed(0)
-    layer = rnndrop.LSTM(3, 8, recurrent_dropout=0.5, input_dropout=0.5, mask_scope="batch")
+    layer = rnndrop.LSTM(3, 8, recurrent_dropout=0.5, input_dropout=0.5, mask_scope="batch", backend="torch")
     x = torch.randn(6, 4, 3)
     masks = layer.sample_masks(4, 6, generator=torch.Generator().manual_seed(1))
     dropped, _ = layer(x, dropout_masks=masks)
@@ -141,7 +142,7 @@ def test_ineligible_calls_go_elsewhere_with_the_reason(make, kwargs, reason: str
 
 
 def test_all_true_step_mask_is_eligible() -> None:
-    layer = rnndrop.GRU(3, 4).eval()
+    layer = rnndrop.GRU(3, 4, backend="torch").eval()
     x = torch.randn(5, 2, 3)
     out, _ = layer(x, step_mask=torch.ones(2, 5, dtype=torch.bool))
     assert layer.last_backend == "torch"
@@ -152,7 +153,7 @@ def test_autocast_returns_the_input_dtype() -> None:
     # torch.nn.LSTM returns bf16 under CPU autocast; every rnndrop path returns float32 there.
     layer = rnndrop.LSTM(8, 16).eval()
     x = torch.randn(7, 3, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # LSTM inference: auto takes torch's
         out, (h, c) = layer(x)
     assert layer.last_backend == "torch"
     assert out.dtype == h.dtype == c.dtype == torch.float32

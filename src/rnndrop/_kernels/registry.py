@@ -14,6 +14,12 @@ Order of preference (``backend="auto"`` takes the first that accepts the call):
 3. ``triton``: rnndrop's Triton kernels for CUDA tensors (:mod:`.triton_autograd`);
 4. the reference loop (:func:`rnndrop.reference.run_stack`).
 
+An entry may also *yield* a call it can run (``Kernel.yields``: a reason, or ``None``): ``auto``
+then takes the next entry that accepts the call, and comes back to the yielding one only if none
+does. That is a speed rule, never an exactness one: every entry computes the reference's function.
+The one rule today: on the CPU, torch's kernel yields to the fused kernel except for LSTM calls
+without a backward (see :func:`torch_yields` for the measured figures).
+
 Options the kernels do not know fall back by construction: any field of
 :class:`~rnndrop.reference.CellConfig`, :class:`~rnndrop.masks.DirectionMasks` or
 :class:`~rnndrop.reference.DirectionParams` beyond the ones listed here (each kernel lists the
@@ -70,11 +76,19 @@ class Call:
     zero_masked_output: bool = False
 
 
+def _never_yields(call: Call) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Kernel:
+    """A registry entry: ``ineligible(call)`` says why it cannot run a call exactly (``None``: it can);
+    ``yields(call)`` why ``auto`` should prefer a later entry that accepts it (``None``: no reason)."""
+
     name: str
     ineligible: Callable[[Call], str | None]
     stack_fn: StackFn
+    yields: Callable[[Call], str | None] = _never_yields
 
 
 _CELL_DEFAULTS = tuple((f.name, f.default) for f in dataclasses.fields(CellConfig) if f.name not in _KNOWN_CELL_FIELDS)
@@ -185,8 +199,44 @@ def triton_ineligible(call: Call) -> str | None:
     return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64), _TRITON_MASK_FIELDS)
 
 
+def _backward_follows(call: Call) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [call.x, *call.init_states, *(t for layer in call.params for p in layer
+                                            for t in (p.w_ih, p.w_hh, p.b_ih, p.b_hh, p.w_hr) if t is not None)]
+    return any(t.requires_grad for t in tensors)
+
+
+def torch_yields(call: Call) -> str | None:
+    """Why ``auto`` prefers the fused CPU kernel to torch's for a call both run exactly (``None``: it does not).
+
+    Measured side by side (``benchmarks/bench_choice.py``, fused ÷ torch on the same layers, no
+    dropout, small / main / large configs; AMD EPYC Zen 4, 2 threads, 2026-12-03): torch's CPU GRU
+    and RNN are ATen loops of one matmul and several element-wise ops per step (float32: fused
+    0.34-0.58x for training, 0.39-0.55x for inference); float64 is such a loop for every cell (fused
+    0.46-0.90x, except inference at hidden 512, 1.03-1.12x: there MKL's dgemm dominates both and torch's
+    kernel keeps the call); float32 LSTM training runs on oneDNN and still takes longer (fused
+    0.72-0.95x). LSTM inference in float32 is oneDNN's at least as fast (fused 0.97-1.06x), and under
+    bf16 autocast faster (benchmarks/bench_cpu.py: fused 0.98-1.26x torch.nn bf16): it stays on torch's.
+    CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
+    """
+    if call.x.device.type != "cpu":
+        return None
+    backward = _backward_follows(call)
+    if call.x.dtype == torch.float64:
+        hidden = call.params[0][0].w_hh.shape[1] if call.params else 0
+        if not backward and hidden >= 512:
+            return None  # MKL's dgemm dominates both: torch's loop measured 0.89-0.97x the fused kernel's time
+        return "torch's float64 CPU kernels are unfused per-step loops (the fused kernel takes 0.6-0.9x their time)"
+    if call.cfg.mode != "LSTM":
+        return f"torch's CPU {call.cfg.mode} is an unfused per-step loop (the fused kernel takes 0.3-0.6x its time)"
+    if backward:
+        return "a backward follows: the fused LSTM training step takes 0.72-0.95x oneDNN's"
+    return None
+
+
 KERNELS: tuple[Kernel, ...] = (
-    Kernel("torch", torch_ineligible, torch_run_stack),
+    Kernel("torch", torch_ineligible, torch_run_stack, torch_yields),
     Kernel("fused", cpu_ineligible, functools.partial(run_stack, direction_fn=fused_run_direction)),
     Kernel("triton", triton_ineligible, functools.partial(run_stack, direction_fn=triton_run_direction)),
 )
@@ -246,13 +296,19 @@ def select_stack_fn(
     call = Call(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
     allowed = _BACKEND_KERNELS.get(backend)
     reasons = []
+    yielded: Kernel | None = None  # an entry that accepted the call but let a later one have it
     for kernel in KERNELS:
         if allowed is not None and kernel.name not in allowed:
             continue
         reason = kernel.ineligible(call)
         if reason is None:
+            if allowed is None and yielded is None and kernel.yields(call) is not None:
+                yielded = kernel
+                continue
             return kernel.stack_fn, kernel.name, None
         reasons.append(f"{kernel.name}: {reason}")
+    if yielded is not None:  # no later entry runs the call: the yielding one does, at its own speed
+        return yielded.stack_fn, yielded.name, None
     why = "; ".join(reasons)
     if allowed is not None:
         raise KernelUnavailableError(f"backend={backend!r} cannot run this call: {why}")
