@@ -272,6 +272,43 @@ def plain_answer(tasks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# What each strategy is, in words (the mechanics; the data's verdicts are added per task below).
+_MECHANICS = [
+    "A plain `Dropout` layer before the RNN (`input_dropout_per_step`) drops entries of every timestep "
+    "independently: a feature is seen at some steps and not at others. With `noise_shape=(batch, 1, features)` "
+    "(`noise_shape`, Keras's `SpatialDropout1D`, `spatial`) it draws one mask per sequence and reuses it at every "
+    "step — the same law as the layer's own `dropout` (`keras_input`), and on one layer the same random stream, "
+    "so their runs here are identical (the contrast is 0 in every pair).",
+    "The layer's `recurrent_dropout` (`recurrent`) drops entries of the previous hidden state h_{t-1}, one mask per "
+    "sequence; no layer outside the RNN can do this, since h_{t-1} never leaves it. `keras_both` uses both masks "
+    "(one mask per gate, exactly as Keras draws them), `keras_both_shared` one mask for all gates.",
+]
+
+_GROUPS = [
+    ("a fresh input mask per step", ("input_dropout_per_step",)),
+    ("a time-locked input mask (Dropout with noise_shape, or the layer's dropout)", ("noise_shape", "keras_input")),
+    ("recurrent_dropout alone", ("recurrent",)),
+    ("dropout and recurrent_dropout together", ("keras_both", "keras_both_shared")),
+]
+
+
+def what_differs(tasks: list[dict[str, Any]]) -> list[str]:
+    """The mechanics of the question's strategies, then, per task, which of them helped (verdicts only)."""
+    out = [f"- {m}" for m in _MECHANICS]
+    for t in tasks:
+        verdicts = {r["strategy"]: r.get("verdict") for r in t["rows"]}
+        name = t["title"].split(" (")[0].split(",")[0]
+        helped = [label for label, names in _GROUPS if any(verdicts.get(n) == "better" for n in names)]
+        not_shown = [label for label, names in _GROUPS
+                     if any(n in verdicts for n in names) and label not in helped]
+        s = f"- **{name}**: "
+        s += ("helped (interval above 0): " + "; ".join(helped)) if helped else "none of these measurably helped"
+        if not_shown:
+            s += "; not shown to help: " + "; ".join(not_shown)
+        out.append(s + ".")
+    return out
+
+
 def figure(tasks: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -327,6 +364,8 @@ def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | N
     if not tasks:
         return "\n".join(lines).rstrip() + "\n"
     lines += ["## The answer, as far as the intervals go", "", *plain_answer(tasks), ""]
+    lines += ["## A Dropout layer before the RNN, or the layer's own dropout / recurrent_dropout?", "",
+              *what_differs(tasks), ""]
     if figure_name:
         lines += [f"![Paired differences to no dropout]({figure_name})", ""]
     for t in tasks:

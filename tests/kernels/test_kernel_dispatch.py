@@ -141,6 +141,25 @@ def test_missing_extension_warns_once_and_matches_reference(monkeypatch) -> None
         rnndrop.GRU(3, 4, backend="fused")(x)
 
 
+def test_missing_extension_warns_when_torch_kernel_takes_a_yielded_call(monkeypatch) -> None:
+    # A GRU without dropout would run fused (2-3x faster than torch's CPU GRU): without the extension it
+    # runs torch's kernel, and the user is told once what that costs.
+    monkeypatch.setattr(loader, "_cache", (None, "simulated: extension not built"))
+    monkeypatch.setattr(registry, "_warned_unavailable", False)
+    layer = rnndrop.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        user_line = inspect.currentframe().f_lineno + 1
+        layer(x)[0].sum().backward()
+        layer(x)
+    fallback = [w for w in caught if w.category is rnndrop.KernelFallbackWarning]
+    assert len(fallback) == 1 and (fallback[0].filename, fallback[0].lineno) == (__file__, user_line)
+    message = str(fallback[0].message)
+    assert "runs torch's own kernel" in message and "simulated" in message and "unfused" in message
+    assert layer.last_backend == "torch"
+
+
 def test_missing_extension_still_compiles_in_one_graph(monkeypatch) -> None:
     # The once-per-process warning must not reach Dynamo (it cannot trace warnings.warn).
     monkeypatch.setattr(loader, "_cache", (None, "simulated: extension not built"))

@@ -272,6 +272,20 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _warn_missing_cpu_kernel(x: torch.Tensor, runs: str, cost: str) -> None:
+    """Once per process, at the user's line: the CPU extension is missing (not disabled on purpose)."""
+    global _warned_unavailable
+    if (x.device.type == "cpu" and not _warned_unavailable and not loader.disabled()
+            and loader.unavailable_reason() is not None):
+        _warned_unavailable = True
+        warnings.warn(
+            f"rnndrop: the fused CPU kernel is unavailable, so this runs {runs}: "
+            f"{loader.unavailable_reason()}. Cost: {cost}. {SILENCE_HINT}.",
+            KernelFallbackWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
 def select_stack_fn(
     backend: str,
     cfg: CellConfig,
@@ -290,7 +304,7 @@ def select_stack_fn(
     their kernels instead of falling back; ``"auto"`` falls back, warning once per process when the
     extension itself is missing.
     """
-    global _warned_unavailable, _warned_triton
+    global _warned_triton
     if backend == "reference":
         return run_stack, "reference", None
     call = Call(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
@@ -308,6 +322,8 @@ def select_stack_fn(
             return kernel.stack_fn, kernel.name, None
         reasons.append(f"{kernel.name}: {reason}")
     if yielded is not None:  # no later entry runs the call: the yielding one does, at its own speed
+        if not _is_compiling():
+            _warn_missing_cpu_kernel(x, "torch's own kernel", str(yielded.yields(call)))
         return yielded.stack_fn, yielded.name, None
     why = "; ".join(reasons)
     if allowed is not None:
@@ -318,15 +334,7 @@ def select_stack_fn(
     # eager call warns instead.
     if _is_compiling():
         return run_stack, "reference", why
-    if (x.device.type == "cpu" and not _warned_unavailable and not loader.disabled()
-            and loader.unavailable_reason() is not None):
-        _warned_unavailable = True
-        warnings.warn(
-            f"rnndrop: the fused CPU kernel is unavailable, so this runs the reference path: "
-            f"{loader.unavailable_reason()}. Cost: {FALLBACK_COST}. {SILENCE_HINT}.",
-            KernelFallbackWarning,
-            stacklevel=_user_stacklevel(),
-        )
+    _warn_missing_cpu_kernel(x, "the reference path", FALLBACK_COST)
     if x.device.type == "cuda" and not _warned_triton:
         missing = triton_autograd.unavailable_reason("cuda")
         if missing is not None:
