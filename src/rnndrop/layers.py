@@ -71,8 +71,9 @@ _DOC_DROPOUT_ARGS = """
             active dropout is folded in (eval mode or no dropout; a shared per-sample input mask on a
             one-directional layer; ``mask_scope="batch"`` masks; DropConnect; between-layer dropout;
             ``lengths=`` / packed input; torch's activations) and that kernel is the faster one (on
-            CUDA; on the CPU for float32 LSTM calls without a backward — the fused kernel is faster
-            for every other CPU call, measured in docs/benchmarks.md), else rnndrop's compiled kernel
+            CUDA; on the CPU for dense float32 LSTM inference and single-threaded dense LSTM training
+            — the fused kernel is faster for the other CPU calls, measured in docs/benchmarks.md),
+            else rnndrop's compiled kernel
             (float32/64 parameters, no projection, tanh/sigmoid/relu/linear activations): the C++
             extension for CPU tensors, the Triton kernels for CUDA tensors (also under autocast); else
             torch's kernel if it can, else the reference loop.

@@ -19,12 +19,20 @@ import rnndrop
 from rnndrop._kernels import registry
 
 
-def _run(layer: torch.nn.Module, x: torch.Tensor, grad: bool) -> str:
+def _run(layer: torch.nn.Module, x: torch.Tensor, grad: bool, **kwargs) -> str:
     with torch.set_grad_enabled(grad):
-        out, _ = layer(x)
+        out, _ = layer(x, **kwargs)
     if grad:
         out.sum().backward()
     return layer.last_backend
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test (the LSTM training rule depends on it), then restore it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("cls,dtype,grad,want", [
@@ -36,13 +44,15 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, grad: bool) -> str:
     (rnndrop.RNN, torch.float32, False, "fused"),
     (rnndrop.RNN, torch.float64, True, "fused"),
 ])
-def test_auto_takes_the_faster_kernel(kernel, cls, dtype: torch.dtype, grad: bool, want: str) -> None:
+def test_auto_takes_the_faster_kernel(kernel, threads, cls, dtype: torch.dtype, grad: bool, want: str) -> None:
+    threads(2)
     layer = cls(3, 5, num_layers=2, input_dropout=0.3, recurrent_dropout=0.3).to(dtype).eval()
     assert _run(layer, torch.randn(6, 2, 3, dtype=dtype), grad) == want
     assert layer.last_backend_reason is None
 
 
-def test_input_without_grad_but_parameters_with_grad_is_training(kernel) -> None:
+def test_input_without_grad_but_parameters_with_grad_is_training(kernel, threads) -> None:
+    threads(2)
     layer = rnndrop.LSTM(3, 5)  # no dropout: torch's kernel could run it
     x = torch.randn(4, 2, 3)  # does not require grad; the weights do
     assert _run(layer, x, grad=True) == "fused"
@@ -93,3 +103,24 @@ def test_wide_float64_inference_stays_on_torch(kernel) -> None:
     x = torch.randn(2, 1, 3, dtype=torch.float64)
     assert _run(layer, x, grad=False) == "torch"
     assert _run(layer, x, grad=True) == "fused"
+
+
+def test_single_threaded_dense_lstm_training_stays_on_torch_when_small(kernel, threads) -> None:
+    # One thread: oneDNN's dense LSTM training step measured as fast as the fused one, or faster, for small
+    # per-step products (batch * hidden^2 below 3M); for larger ones the fused step wins again.
+    threads(1)
+    x = torch.randn(2, 2, 3)
+    assert _run(rnndrop.LSTM(3, 5), x, grad=True) == "torch"
+    assert _run(rnndrop.GRU(3, 5), x, grad=True) == "fused"  # torch's GRU is an unfused loop either way
+    assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 64, 3), grad=True) == "fused"  # 64 * 256^2 = 4.2M
+    assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 32, 3), grad=True) == "torch"  # 2.1M
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_padded_lstm_takes_the_fused_kernel(kernel, threads, grad: bool) -> None:
+    # lengths= make torch's kernel take its packed path, an unfused loop: 0.3-0.5x with the fused kernel.
+    threads(1)
+    layer = rnndrop.LSTM(3, 5, batch_first=True).eval()
+    x = torch.randn(4, 6, 3)
+    assert _run(layer, x, grad, lengths=torch.tensor([6, 3, 5, 1])) == "fused"
+    assert _run(layer, x, grad, lengths=torch.tensor([6, 6, 6, 6])) == "torch"  # no padding: dense rule

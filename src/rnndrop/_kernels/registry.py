@@ -211,13 +211,17 @@ def torch_yields(call: Call) -> str | None:
     """Why ``auto`` prefers the fused CPU kernel to torch's for a call both run exactly (``None``: it does not).
 
     Measured side by side (``benchmarks/bench_choice.py``, fused ÷ torch on the same layers, no
-    dropout, small / main / large configs; AMD EPYC Zen 4, 2 threads, 2026-12-03): torch's CPU GRU
-    and RNN are ATen loops of one matmul and several element-wise ops per step (float32: fused
-    0.34-0.58x for training, 0.39-0.55x for inference); float64 is such a loop for every cell (fused
-    0.46-0.90x, except inference at hidden 512, 1.03-1.12x: there MKL's dgemm dominates both and torch's
-    kernel keeps the call); float32 LSTM training runs on oneDNN and still takes longer (fused
-    0.72-0.95x). LSTM inference in float32 is oneDNN's at least as fast (fused 0.97-1.06x), and under
-    bf16 autocast faster (benchmarks/bench_cpu.py: fused 0.98-1.26x torch.nn bf16): it stays on torch's.
+    dropout, small / main / large configs; AMD EPYC Zen 4, 2026-12-03; docs/benchmarks.md has the
+    table): torch's CPU GRU and RNN are ATen loops of one matmul and several element-wise ops per step
+    (float32, 2 threads: fused 0.33-0.47x for training, 0.35-0.48x for inference); float64 is such a
+    loop for every cell (fused 0.60-0.94x, except inference at hidden 512, 1.04-1.12x at 2 threads:
+    MKL's dgemm dominates both, and torch's kernel keeps that call); with padding (``lengths=``,
+    packed input) torch's LSTM is such a loop too (fused 0.26-0.49x training, 0.43-0.86x inference);
+    dense float32 LSTM training runs on oneDNN and takes longer than the fused step with several
+    threads (fused 0.75-0.83x at the main / large configs with 2 threads, 1.04 at the small one), and
+    with one thread for larger products only (see ``_SINGLE_THREAD_LSTM_WORK``). Dense LSTM inference
+    in float32 is oneDNN's at least as fast (fused 0.96-1.12x), and under bf16 autocast faster
+    (benchmarks/bench_cpu.py: fused 0.91-1.16x torch.nn bf16): it stays on torch's.
     CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
     """
     if call.x.device.type != "cpu":
@@ -230,9 +234,22 @@ def torch_yields(call: Call) -> str | None:
         return "torch's float64 CPU kernels are unfused per-step loops (the fused kernel takes 0.6-0.9x their time)"
     if call.cfg.mode != "LSTM":
         return f"torch's CPU {call.cfg.mode} is an unfused per-step loop (the fused kernel takes 0.3-0.6x its time)"
+    if call.step_mask is not None and not bool(call.step_mask.all()):
+        return "torch's packed LSTM (lengths, padding) is an unfused loop (the fused kernel takes 0.3-0.4x its time)"
     if backward:
-        return "a backward follows: the fused LSTM training step takes 0.72-0.95x oneDNN's"
+        if torch.get_num_threads() > 1:
+            return "a backward follows: the fused LSTM training step takes 0.75-0.95x oneDNN's (2 threads)"
+        batch, hidden = call.x.shape[1], call.params[0][0].w_hh.shape[1]
+        if batch * hidden * hidden >= _SINGLE_THREAD_LSTM_WORK:
+            return "a backward follows: the fused LSTM training step takes 0.88-1.03x oneDNN's (1 thread)"
     return None
+
+
+# Single-threaded dense LSTM training: below this batch * hidden^2 (per-step product work) oneDNN's step was
+# as fast or faster (fused 1.04-1.05x at batch 32 / hidden 128, 0.5M; 1.00-1.13x in a scan at batch 32,
+# hidden 32-256, <= 2.1M), above it about even or slower (fused 0.89-1.03x at batch 64 / hidden 256,
+# 0.88-0.91x at batch 16 / hidden 512: 4.2M). benchmarks/bench_choice.py --threads 1, two runs.
+_SINGLE_THREAD_LSTM_WORK = 3 << 20
 
 
 KERNELS: tuple[Kernel, ...] = (
