@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"train {row['auto_train']}, infer {row['auto_infer']}", flush=True)
     write_results(args.json, machine=machine(), configs={k: dict(zip(("batch", "time", "input", "hidden"),
                                                                      CONFIGS[k])) for k in configs},
-                  repeats=args.repeats, warmup=args.warmup, results=results)
+                  repeats=args.repeats, warmup=args.warmup, results=results, dropout=0.0)
     return 0
 
 

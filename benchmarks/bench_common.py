@@ -44,9 +44,11 @@ class CellLoop(nn.Module):
 
 def write_results(
     out_path: Path, *, machine: dict[str, Any], configs: dict[str, dict[str, int]], repeats: int, warmup: int,
-    results: dict[str, Any], **extra: Any,
+    results: dict[str, Any], dropout: float = P, **extra: Any,
 ) -> None:
-    """Write a run's JSON (date, machine, configs, settings, every round's figures) and say where."""
+    """Write a run's JSON (date, machine, configs, settings, every round's figures) and say where.
+
+    ``dropout``: the rate of the run's dropout variants (0 for a run without dropout)."""
     payload = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": machine,
@@ -54,7 +56,7 @@ def write_results(
         "configs": configs,
         "repeats": repeats,
         "warmup": warmup,
-        "dropout": P,
+        "dropout": dropout,
         "results": results,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)

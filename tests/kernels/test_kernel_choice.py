@@ -14,6 +14,7 @@ import dataclasses
 
 import pytest
 import torch
+from differential import threads
 
 import rnndrop
 from rnndrop._kernels import registry
@@ -27,14 +28,6 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, grad: bool, **kwargs) -> str:
     return layer.last_backend
 
 
-@pytest.fixture
-def threads():
-    """Set torch's thread count for one test (the LSTM training rule depends on it), then restore it."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("cls,dtype,grad,want", [
     (rnndrop.LSTM, torch.float32, False, "torch"),   # oneDNN inference: at least as fast
     (rnndrop.LSTM, torch.float32, True, "fused"),    # a backward follows
@@ -44,20 +37,20 @@ def threads():
     (rnndrop.RNN, torch.float32, False, "fused"),
     (rnndrop.RNN, torch.float64, True, "fused"),
 ])
-def test_auto_takes_the_faster_kernel(kernel, threads, cls, dtype: torch.dtype, grad: bool, want: str) -> None:
-    threads(2)
+def test_auto_takes_the_faster_kernel(kernel, cls, dtype: torch.dtype, grad: bool, want: str) -> None:
     layer = cls(3, 5, num_layers=2, input_dropout=0.3, recurrent_dropout=0.3).to(dtype).eval()
-    assert _run(layer, torch.randn(6, 2, 3, dtype=dtype), grad) == want
+    with threads(2):
+        assert _run(layer, torch.randn(6, 2, 3, dtype=dtype), grad) == want
     assert layer.last_backend_reason is None
 
 
-def test_input_without_grad_but_parameters_with_grad_is_training(kernel, threads) -> None:
-    threads(2)
+def test_input_without_grad_but_parameters_with_grad_is_training(kernel) -> None:
     layer = rnndrop.LSTM(3, 5)  # no dropout: torch's kernel could run it
     x = torch.randn(4, 2, 3)  # does not require grad; the weights do
-    assert _run(layer, x, grad=True) == "fused"
-    layer.requires_grad_(False)
-    assert _run(layer, x, grad=False) == "torch"
+    with threads(2):
+        assert _run(layer, x, grad=True) == "fused"
+        layer.requires_grad_(False)
+        assert _run(layer, x, grad=False) == "torch"
 
 
 def test_bf16_autocast_lstm_inference_stays_on_torch(kernel) -> None:
@@ -105,22 +98,22 @@ def test_wide_float64_inference_stays_on_torch(kernel) -> None:
     assert _run(layer, x, grad=True) == "fused"
 
 
-def test_single_threaded_dense_lstm_training_stays_on_torch_when_small(kernel, threads) -> None:
+def test_single_threaded_dense_lstm_training_stays_on_torch_when_small(kernel) -> None:
     # One thread: oneDNN's dense LSTM training step measured as fast as the fused one, or faster, for small
     # per-step products (batch * hidden^2 below 3M); for larger ones the fused step wins again.
-    threads(1)
     x = torch.randn(2, 2, 3)
-    assert _run(rnndrop.LSTM(3, 5), x, grad=True) == "torch"
-    assert _run(rnndrop.GRU(3, 5), x, grad=True) == "fused"  # torch's GRU is an unfused loop either way
-    assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 64, 3), grad=True) == "fused"  # 64 * 256^2 = 4.2M
-    assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 32, 3), grad=True) == "torch"  # 2.1M
+    with threads(1):
+        assert _run(rnndrop.LSTM(3, 5), x, grad=True) == "torch"
+        assert _run(rnndrop.GRU(3, 5), x, grad=True) == "fused"  # torch's GRU is an unfused loop either way
+        assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 64, 3), grad=True) == "fused"  # 64 * 256^2 = 4.2M
+        assert _run(rnndrop.LSTM(3, 256), torch.randn(2, 32, 3), grad=True) == "torch"  # 2.1M
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_padded_lstm_takes_the_fused_kernel(kernel, threads, grad: bool) -> None:
+def test_padded_lstm_takes_the_fused_kernel(kernel, grad: bool) -> None:
     # lengths= make torch's kernel take its packed path, an unfused loop: 0.3-0.5x with the fused kernel.
-    threads(1)
     layer = rnndrop.LSTM(3, 5, batch_first=True).eval()
     x = torch.randn(4, 6, 3)
-    assert _run(layer, x, grad, lengths=torch.tensor([6, 3, 5, 1])) == "fused"
-    assert _run(layer, x, grad, lengths=torch.tensor([6, 6, 6, 6])) == "torch"  # no padding: dense rule
+    with threads(1):
+        assert _run(layer, x, grad, lengths=torch.tensor([6, 3, 5, 1])) == "fused"
+        assert _run(layer, x, grad, lengths=torch.tensor([6, 6, 6, 6])) == "torch"  # no padding: dense rule

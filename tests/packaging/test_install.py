@@ -110,6 +110,15 @@ def _pip_install(python: Path, target: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _installed_read_only(where: Path, dist: Path) -> tuple[Path, Path]:
+    """``dist`` installed into a fresh venv at ``where``, which is then made read-only; ``(python, venv)``."""
+    python = _venv(where)
+    _pip_install(python, dist)
+    venv = python.parent.parent
+    _read_only(venv)
+    return python, venv
+
+
 def _read_only(tree: Path) -> None:
     for path in [tree, *tree.rglob("*")]:
         if not path.is_symlink():
@@ -144,10 +153,7 @@ def _finish(proc: subprocess.Popen) -> tuple[dict, str]:
 
 @pytest.mark.slow
 def test_wheel_first_call_compiles_once_for_racing_processes_and_runs_fused(dists, workdir) -> None:
-    python = _venv(workdir / "venv-wheel")
-    _pip_install(python, dists.wheel)
-    venv = python.parent.parent
-    _read_only(venv)
+    python, venv = _installed_read_only(workdir / "venv-wheel", dists.wheel)
     before = _snapshot(venv)
     user = _unprivileged(python)
     home = _home(workdir, user)
@@ -179,10 +185,7 @@ def test_wheel_first_call_compiles_once_for_racing_processes_and_runs_fused(dist
 def test_sdist_installs_and_reuses_the_users_build(dists, workdir) -> None:
     # Runs after the wheel test (same module, same home): the sdist ships the same sources, so the
     # same build tag, and the user's cache already holds it — no second compile.
-    python = _venv(workdir / "venv-sdist")
-    _pip_install(python, dists.sdist)
-    venv = python.parent.parent
-    _read_only(venv)
+    python, venv = _installed_read_only(workdir / "venv-sdist", dists.sdist)
     user = _unprivileged(python)
     home = _home(workdir, user)
     tag = loader.build_tag()  # this checkout's: the same sources, torch, Python and CPU

@@ -88,7 +88,7 @@ class Kernel:
     name: str
     ineligible: Callable[[Call], str | None]
     stack_fn: StackFn
-    yields: Callable[[Call], str | None] = _never_yields
+    yields: Callable[[Call], str | None] = _never_yields  # asked first: must accept any call, cheaply
 
 
 _CELL_DEFAULTS = tuple((f.name, f.default) for f in dataclasses.fields(CellConfig) if f.name not in _KNOWN_CELL_FIELDS)
@@ -224,7 +224,7 @@ def torch_yields(call: Call) -> str | None:
     (benchmarks/bench_cpu.py: fused 0.91-1.16x torch.nn bf16): it stays on torch's.
     CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
     """
-    if call.x.device.type != "cpu":
+    if call.x.device.type != "cpu" or _is_compiling():  # under compile torch's entry refuses the call anyway
         return None
     backward = _backward_follows(call)
     if call.x.dtype == torch.float64:
@@ -327,21 +327,28 @@ def select_stack_fn(
     call = Call(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
     allowed = _BACKEND_KERNELS.get(backend)
     reasons = []
-    yielded: Kernel | None = None  # an entry that accepted the call but let a later one have it
+    # An entry that would let a later one have the call; its (costlier) eligibility is only checked
+    # if no later entry accepts the call.
+    yielded: Kernel | None = None
+    yield_reason: str | None = None
     for kernel in KERNELS:
         if allowed is not None and kernel.name not in allowed:
             continue
-        reason = kernel.ineligible(call)
-        if reason is None:
-            if allowed is None and yielded is None and kernel.yields(call) is not None:
+        if allowed is None and yielded is None:
+            yield_reason = kernel.yields(call)
+            if yield_reason is not None:
                 yielded = kernel
                 continue
+        reason = kernel.ineligible(call)
+        if reason is None:
             return kernel.stack_fn, kernel.name, None
         reasons.append(f"{kernel.name}: {reason}")
     if yielded is not None:  # no later entry runs the call: the yielding one does, at its own speed
-        if not _is_compiling():
-            _warn_missing_cpu_kernel(x, "torch's own kernel", str(yielded.yields(call)))
-        return yielded.stack_fn, yielded.name, None
+        reason = yielded.ineligible(call)
+        if reason is None:
+            _warn_missing_cpu_kernel(x, "torch's own kernel", str(yield_reason))
+            return yielded.stack_fn, yielded.name, None
+        reasons.insert(0, f"{yielded.name}: {reason}")  # the registry's order, as in the message before
     why = "; ".join(reasons)
     if allowed is not None:
         raise KernelUnavailableError(f"backend={backend!r} cannot run this call: {why}")

@@ -1366,9 +1366,10 @@ Tensor input_projection(const Tensor& x, const Tensor& w, const c10::optional<Te
   const bool masked = mask && mask->defined();
   const int64_t blocks = masked ? mask->size(0) : 1, width = GH / blocks;
   Tensor out = at::empty({Tn * B, GH}, x.options());
+  const Tensor wc = w.contiguous();  // once, not per mask block
   for (int64_t g = 0; g < blocks; ++g) {
     Tensor xm = masked ? x * mask->select(0, g).unsqueeze(0) : x;
-    project_into(xm.reshape({Tn * B, I}).contiguous(), w.contiguous(), g * width, width, out);
+    project_into(xm.reshape({Tn * B, I}).contiguous(), wc, g * width, width, out);
   }
   return out.view({Tn, B, GH});
 }
