@@ -51,3 +51,17 @@ def test_bench_choice_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
         assert row["auto_train"] == ("torch" if lstm32 and torch.get_num_threads() == 1 else "fused")
         assert row["auto_infer"] == ("torch" if lstm32 else "fused")
     assert "auto takes" in capsys.readouterr().out
+
+
+def test_bench_csv_small_run(tmp_path, capsys, monkeypatch) -> None:
+    path = BENCH.parent / "bench_csv.py"
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("bench_csv", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "csv.json"
+    assert bench.main(["--rows", "1000", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] == 1000 and len(result["wall_s"]) == 1 and result["peak_over_file"] > 0
+    assert "1000 rows" in capsys.readouterr().out
