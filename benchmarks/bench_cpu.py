@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 import rnndrop
+import rnndrop._kernels.ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script beside its helper module
 from bench_common import CellLoop, P, write_results
@@ -119,6 +120,17 @@ def variants(mode: str, input_size: int, hidden: int) -> dict[str, Variant]:
     }
 
 
+def unavailable(name: str, mode: str) -> str | None:
+    """Why this CPU cannot run a variant (the bf16 ones need bf16 kernels), else None."""
+    if "bf16" not in name:
+        return None
+    if name == "torch.nn bf16" and mode == "LSTM" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN has no bf16 LSTM on this CPU (torch.nn.LSTM under bf16 autocast raises here)"
+    if name.startswith("fused") and not rnndrop._kernels.ops.cpu_has_bf16():
+        return "the fused kernel's bf16 micro-kernel needs AVX512_BF16 (this CPU runs such calls on the reference)"
+    return None
+
+
 def _first(out: object) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
 
@@ -172,6 +184,8 @@ def bench_config(cfg_name: str, mode: str, repeats: int, warmup: int, with_memor
     batch, steps, input_size, hidden = CONFIGS[cfg_name]
     torch.manual_seed(0)
     mods = variants(mode, input_size, hidden)
+    skipped = {name: why for name in mods if (why := unavailable(name, mode)) is not None}
+    mods = {name: v for name, v in mods.items() if name not in skipped}
     x = torch.randn(steps, batch, input_size)
     runs: dict[str, dict[str, Callable[[], None]]] = {}
     for name, v in mods.items():
@@ -207,6 +221,8 @@ def bench_config(cfg_name: str, mode: str, repeats: int, warmup: int, with_memor
             figures = [peak_rss_growth_mib(runs[name]["train"]) for _ in range(2)]
             entry["peak_mib"] = None if None in figures else max(figures)  # type: ignore[type-var]
         result[name] = entry
+    for name, why in skipped.items():
+        result[name] = {"unavailable": why}
     return result
 
 
@@ -239,7 +255,11 @@ def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
         for mode, by_variant in by_mode.items():
             bar = by_variant["torch.nn"]
             bar16 = by_variant.get("torch.nn bf16")
+            bar16 = None if bar16 is None or "unavailable" in bar16 else bar16
             for name, e in by_variant.items():
+                if "unavailable" in e:
+                    print(f"{cfg_name:<7} {mode:<5} {name:<19} not run: {e['unavailable']}")
+                    continue
                 mem = e.get("peak_mib")
                 bar_mem = bar.get("peak_mib")
                 mem_s = f"{mem:9.1f}" if mem is not None else f"{'-':>9}"

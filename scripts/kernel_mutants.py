@@ -29,6 +29,7 @@ mutated source is unchanged, so a second run only re-runs the tests. Results: do
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ DEFAULT_TESTS = (
     "tests/kernels/test_differential_fuzz.py",
     "tests/kernels/test_kernel_gradcheck.py",
     "tests/kernels/test_input_projection.py",
+    "tests/kernels/test_weight_writes.py",
 )
 
 
@@ -59,6 +61,7 @@ class Mutant:
     equivalent: bool = False  # known to compute the same result (a survivor is then expected)
     occurrences: int = 1  # how often `original` occurs in rnn.cpp (the mutant edits one of them) ...
     occurrence: int = 0  # ... this one (0-based)
+    isa: str | None = None  # "AVX512" / "AVX2": the code is compiled only for that CPU capability
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -73,15 +76,24 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("partial_vector_drops_a_column",
            "the masked store of a panel's last, partial vector writes one column too few (float32 micro-kernel)",
            "static_cast<__mmask16>((1u << left) - 1u)",
-           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=0),
+           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=0, isa="AVX512"),
     Mutant("partial_vector_drops_a_column_bf16",
            "the same in the bf16 (autocast) micro-kernel",
            "static_cast<__mmask16>((1u << left) - 1u)",
-           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=1),
-    Mutant("packed_weight_cache_ignores_version",
-           "the packed-W_hh cache serves a weight modified in place (optimizer step) from its old packing",
-           "!e.weight.expired() && e.version == version &&",
-           "!e.weight.expired() &&"),
+           "static_cast<__mmask16>((1u << (left - 1)) - 1u)", occurrences=2, occurrence=1, isa="AVX512"),
+    Mutant("partial_panel_drops_a_column_avx2",
+           "the AVX2 micro-kernel's masked store of a partial panel writes one column too few",
+           "_mm256_set1_epi32(static_cast<int>(ncols)), lane)",
+           "_mm256_set1_epi32(static_cast<int>(ncols - 1)), lane)", isa="AVX2"),
+    Mutant("packing_memoized_by_address",
+           "the packed W_hh / W_ih is kept across calls, keyed on the weight's address and layout (a cache "
+           "like the one removed in 2026-12: writes through .data keep the address and serve the old packing)",
+           "    op.packed = pack_panels(mat);\n",
+           "    static std::map<std::vector<int64_t>, Tensor> memo;\n"
+           "    std::vector<int64_t> key{reinterpret_cast<int64_t>(mat.data_ptr()), mat.size(0), mat.size(1),\n"
+           "                             mat.stride(0), mat.stride(1)};\n"
+           "    auto hit = memo.find(key);\n"
+           "    op.packed = hit != memo.end() ? hit->second : (memo[key] = pack_panels(mat));\n"),
     Mutant("five_row_tile_as_four",
            "a 5-row remainder tile of the micro-kernel computes only 4 rows",
            "case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;",
@@ -188,6 +200,14 @@ def prepare(mutant: Mutant | None, workdir: Path) -> tuple[Path, Path] | str:
     return src, kernel_dir
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_capability() -> str:
+    """The CPU capability the kernel is compiled for here (rnndrop._kernels.loader.cpu_capability)."""
+    rc, out = run([sys.executable, "-c", "from rnndrop._kernels import loader; print(loader.cpu_capability())"],
+                  dict(os.environ), 120)
+    return out.strip().splitlines()[-1] if rc == 0 and out.strip() else "unknown"
+
+
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -201,6 +221,9 @@ def evaluate(mutant: Mutant | None, workdir: Path, tests: list[str], timeout: fl
     name = "baseline" if mutant is None else mutant.name
     result: dict[str, object] = {"mutant": name, "what": "no mutation" if mutant is None else mutant.what,
                                  "equivalent": bool(mutant and mutant.equivalent)}
+    if mutant is not None and mutant.isa is not None and mutant.isa != _cpu_capability():
+        result.update(status="not compiled", detail=f"{mutant.isa} code; this CPU's build is {_cpu_capability()}")
+        return result
     prepared = prepare(mutant, workdir)
     if isinstance(prepared, str):
         result.update(status="stale", detail=prepared)

@@ -207,7 +207,7 @@ def test_spatial1d_equals_dropout_with_noise_shape() -> None:
     x = torch.randn(5, 9, 7)
     a = rnndrop.SpatialDropout1d(0.4).train()(x, generator=gen(10))
     b = rnndrop.Dropout(0.4, (None, 1, None)).train()(x, generator=gen(10))
-    c = rnndrop.LockedDropout(0.4).train()(x, generator=gen(10))
+    c = rnndrop.LockedDropout(0.4, batch_first=True).train()(x, generator=gen(10))
     assert torch.equal(a, b)
     assert torch.equal(a, c)
 
@@ -218,13 +218,20 @@ def test_sequence_unbatched_and_bad_rank() -> None:
     with pytest.raises(ValueError, match=r"SpatialDropout1d input must be 3-D \(B, T, C\)"):
         rnndrop.SpatialDropout1d(0.5).train()(torch.ones(2, 3, 4, 5))
     with pytest.raises(ValueError, match="at least 2-D"):
-        rnndrop.LockedDropout(0.5).train()(torch.ones(3))
+        rnndrop.LockedDropout(0.5, batch_first=True).train()(torch.ones(3))
+
+
+@pytest.mark.parametrize("batch_first", [None, "False", 0])
+def test_locked_dropout_needs_an_explicit_layout(batch_first) -> None:
+    """rnndrop.LSTM is time-major by default, Keras-style modules batch-first: no default to guess wrong."""
+    with pytest.raises(TypeError, match=r"batch_first=True .* batch_first=False"):
+        rnndrop.LockedDropout(0.3) if batch_first is None else rnndrop.LockedDropout(0.3, batch_first=batch_first)
 
 
 def test_locked_dropout_packed_equals_padded() -> None:
     x = torch.randn(4, 6, 3)
     lengths = torch.tensor([2, 6, 3, 5])
-    d = rnndrop.LockedDropout(0.5).train()
+    d = rnndrop.LockedDropout(0.5, batch_first=True).train()
     padded = d(x, generator=gen(12))
     packed_in = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     packed_out = d(packed_in, generator=gen(12))
@@ -329,3 +336,14 @@ def test_embedding_dropout_functional_errors() -> None:
         rnndrop.embedding_dropout(torch.ones(2, dtype=torch.long), torch.randn(5), 0.1)
     ids = torch.tensor([0, 1, 4])
     assert torch.equal(rnndrop.embedding_dropout(ids, w, 0.9, training=False), w[ids])
+
+
+def test_embedding_dropout_scale_as_fastai() -> None:
+    """``scale=`` multiplies the embeddings in training and eval (fastai's / salesforce's argument)."""
+    emb = nn.Embedding(10, 4)
+    d = rnndrop.EmbeddingDropout(emb, 0.4)
+    ids = torch.randint(0, 10, (3, 5))
+    d.eval()
+    torch.testing.assert_close(d(ids, scale=2.5), emb(ids) * 2.5)
+    d.train()
+    torch.testing.assert_close(d(ids, generator=gen(3), scale=2.5), d(ids, generator=gen(3)) * 2.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def test_modes_restored_after_exception() -> None:
 
 def test_mc_dropout_context_manager_sets_only_own_flag() -> None:
     emb = rnndrop.EmbeddingDropout(nn.Embedding(10, 4), 0.5)
-    model = nn.Sequential(emb, rnndrop.LockedDropout(0.2), nn.LayerNorm(4)).train()
+    model = nn.Sequential(emb, rnndrop.LockedDropout(0.2, batch_first=True), nn.LayerNorm(4)).train()
     with rnndrop.mc_dropout(model) as active:
         assert active == [model[0], model[1]]
         assert [m.training for m in model.modules()] == [False, True, False, True, False]
@@ -321,3 +322,33 @@ def test_argument_errors() -> None:
         rnndrop.mc_predict(model, (x, torch.randn(3, 8)))
     with pytest.raises(ValueError, match="class_dim must be in"):
         rnndrop.mc_predict(model, x, class_dim=2)
+
+
+class _FunctionalDropout(nn.Module):
+    """Dropout written as F.dropout(x, p, self.training): mc_dropout switches it off with the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.nn.functional.dropout(x, 0.5, self.training))
+
+
+def test_mc_predict_warns_when_nothing_is_stochastic() -> None:
+    model = _FunctionalDropout()
+    x = torch.randn(6, 4)
+    with pytest.warns(UserWarning, match="no dropout module to switch on.*include="):
+        pred = rnndrop.mc_predict(model, x, samples=5)
+    assert float(pred.std.max()) < 1e-6
+    # with include= the module draws, and nothing is said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pred = rnndrop.mc_predict(model, x, samples=5, include=lambda m: isinstance(m, _FunctionalDropout))
+    assert bool(pred.std.any())
+
+
+def test_mc_predict_warns_on_identical_passes() -> None:
+    model = nn.Sequential(nn.Dropout(0.0), nn.Linear(4, 3))
+    with pytest.warns(UserWarning, match="identical outputs.*Dropout"):
+        rnndrop.mc_predict(model, torch.randn(6, 4), samples=4)

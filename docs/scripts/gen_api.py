@@ -78,7 +78,10 @@ def _signature(name: str, obj: object) -> str:
 
 
 def _doc(obj: object) -> list[str]:
-    doc = inspect.getdoc(obj)
+    # The object's own docstring only: inspect.getdoc would inherit torch.nn.Module.forward's placeholder
+    # ("Define the computation performed at every call.") for a method without one.
+    own = getattr(obj, "__doc__", None)
+    doc = inspect.cleandoc(own) if isinstance(own, str) else None
     if not doc:
         return []
     summary, _, rest = doc.partition("\n\n")

@@ -49,7 +49,7 @@ def mask_patterns(seed: int = SEED) -> dict[str, np.ndarray]:
         "Dropout(p, noise_shape=(None, None, 1))\nwhole timesteps dropped": _one_sequence(
             rnndrop.Dropout(P, (None, None, 1)), g
         ),
-        "SpatialDropout1d(p) = LockedDropout(p)\nwhole channels, all steps": _one_sequence(
+        "SpatialDropout1d(p) = LockedDropout(p, batch_first=True)\nwhole channels, all steps": _one_sequence(
             rnndrop.SpatialDropout1d(P), g
         ),
     }

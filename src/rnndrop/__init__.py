@@ -11,7 +11,15 @@ from .dropout import (
     SpatialDropout3d,
     embedding_dropout,
 )
-from .errors import KernelFallbackWarning, KernelUnavailableError, RnnDropTypeError, RnnDropValueError
+from .errors import (
+    KernelFallbackWarning,
+    KernelUnavailableError,
+    RnnDropArgumentTypeError,
+    RnnDropDtypeError,
+    RnnDropShapeError,
+    RnnDropTypeError,
+    RnnDropValueError,
+)
 from .inference import MCPrediction, mc_dropout, mc_predict
 from .interop import from_keras, to_keras
 from .layers import GRU, LSTM, RNN, RecurrentBase
@@ -31,6 +39,9 @@ __all__ = [
     "MCPrediction",
     "MaskSpec",
     "RecurrentBase",
+    "RnnDropArgumentTypeError",
+    "RnnDropDtypeError",
+    "RnnDropShapeError",
     "RnnDropTypeError",
     "RnnDropValueError",
     "SpatialDropout1d",

@@ -59,7 +59,9 @@ def resolve_activation(name: str | None, argument: str) -> str:
         )
     key = name.lower()
     if key not in ACTIVATIONS:
-        raise RnnDropValueError(f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        # torch.nn.RNN's wording for its argument (it knows only tanh and relu; rnndrop knows these all).
+        torch_says = f" (Unknown nonlinearity '{name}')" if argument == "nonlinearity" else ""
+        raise RnnDropValueError(f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}{torch_says}")
     return key
 
 

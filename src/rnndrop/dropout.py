@@ -166,6 +166,10 @@ class _MaskDropout(nn.Module):
         return True
 
     def forward(self, input: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``input`` times a scaled Bernoulli mask of this module's mask shape in training; ``input`` in eval.
+
+        ``generator`` overrides the module's generator for this call.
+        """
         _check_float_input(input)
         shape = self._mask_shape(input)  # validates the input's layout in eval mode too
         if not self.training or self.p == 0.0:
@@ -265,7 +269,7 @@ class SpatialDropout1d(_MaskDropout):
         return (1, input.shape[1], input.shape[2])
 
     def extra_repr(self) -> str:
-        return f"p={self.p}" + ("" if self.batch_first else ", batch_first=False")
+        return f"p={self.p}, batch_first={self.batch_first}"
 
 
 class LockedDropout(_MaskDropout):
@@ -283,13 +287,24 @@ class LockedDropout(_MaskDropout):
 
     Args:
         p: drop probability in ``[0, 1)``.
-        batch_first: tensor input ``(B, T, ...)`` if True (default), ``(T, B, ...)`` if False.
+        batch_first: required. ``True``: tensor input ``(B, T, ...)`` (Keras, fastai's ``RNNDropout``);
+            ``False``: ``(T, B, ...)`` (torch.nn's and rnndrop's recurrent layers by default, salesforce's
+            AWD-LSTM). The two layouts give different masks on the same tensor (one per sequence, or one
+            per timestep shared by the batch), so there is no default to guess wrong.
         generator: a ``torch.Generator`` to draw from (default: torch's global RNG).
     """
 
-    def __init__(self, p: float = 0.5, batch_first: bool = True, *, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, p: float = 0.5, batch_first: bool | None = None, *, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__(p, generator)
-        self.batch_first = bool(batch_first)
+        if not isinstance(batch_first, bool):
+            raise RnnDropTypeError(
+                f"LockedDropout needs batch_first=True for (batch, time, features) input or batch_first=False for "
+                f"(time, batch, features) input (torch.nn.LSTM's default layout), got {batch_first!r}: a mask "
+                "locked along the wrong axis would silently not be locked over time"
+            )
+        self.batch_first = batch_first
 
     def _mask_shape(self, input: torch.Tensor) -> tuple[int, ...]:
         if input.dim() < 2:
@@ -305,6 +320,10 @@ class LockedDropout(_MaskDropout):
     def forward(  # type: ignore[override]
         self, input: torch.Tensor | PackedSequence, *, generator: torch.Generator | None = None
     ) -> torch.Tensor | PackedSequence:
+        """``input`` (a tensor in this module's layout, or a ``PackedSequence``) with one mask per sequence.
+
+        ``generator`` overrides the module's generator for this call; eval mode returns ``input``.
+        """
         if not isinstance(input, PackedSequence):
             return super().forward(input, generator=generator)
         data = _check_float_input(input.data, "input.data")
@@ -322,7 +341,7 @@ class LockedDropout(_MaskDropout):
         )
 
     def extra_repr(self) -> str:
-        return f"p={self.p}" + ("" if self.batch_first else ", batch_first=False")
+        return f"p={self.p}, batch_first={self.batch_first}"
 
 
 class _SpatialDropoutNd(_MaskDropout):
@@ -400,6 +419,7 @@ def embedding_dropout(
     scale_grad_by_freq: bool = False,
     sparse: bool = False,
     generator: torch.Generator | None = None,
+    scale: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Embedding lookup with whole rows of ``weight`` dropped (AWD-LSTM's embedding dropout).
 
@@ -419,6 +439,8 @@ def embedding_dropout(
         training: when False this is plain ``F.embedding``.
         padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse: as ``F.embedding``.
         generator: a ``torch.Generator`` to draw from (default: torch's global RNG).
+        scale: multiplies the embeddings (a number, or a tensor broadcasting against the output), in
+            training and eval: fastai's and salesforce's ``scale``. ``None``: no scaling.
     Returns:
         ``(*, embedding_dim)``.
     """
@@ -433,6 +455,8 @@ def embedding_dropout(
     if weight.dim() != 2:
         raise RnnDropValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
     out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+    if scale is not None:
+        out = out * scale
     if not training or p == 0.0:
         return out
     rows = bernoulli_mask((weight.shape[0],), p, dtype=weight.dtype, device=weight.device, generator=generator)
@@ -450,6 +474,11 @@ class EmbeddingDropout(nn.Module):
     ``norm_type``, ``scale_grad_by_freq`` and ``sparse`` are honoured; the padding row is never
     dropped. Eval mode is the plain embedding. The wrapped module stays reachable as
     ``.embedding`` (state dict keys ``embedding.weight``).
+
+    Against fastai's ``EmbeddingDropout(emb, embed_p)`` and salesforce's ``embedded_dropout``: the
+    same law (a Bernoulli mask over word types, kept rows scaled by ``1/(1-p)``) and ``scale=``; fastai
+    also draws for the padding row, which changes nothing while that row is zero (``nn.Embedding``
+    initialises it to zero and never updates it); the draws themselves differ (another RNG use).
 
     Args:
         embedding: the ``torch.nn.Embedding`` to wrap (its weight is used, not copied).
@@ -472,7 +501,15 @@ class EmbeddingDropout(nn.Module):
         """False: one mask serves the whole batch (see :func:`rnndrop.mc_predict`)."""
         return False
 
-    def forward(self, input: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, *, generator: torch.Generator | None = None,
+        scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Look up ``input`` (token ids, any shape) in the embedding with whole rows dropped (training only).
+
+        ``generator`` overrides the module's generator for this call; ``scale`` multiplies the
+        embeddings (fastai's ``scale``), see :func:`embedding_dropout`.
+        """
         e = self.embedding
         return embedding_dropout(
             input,
@@ -485,6 +522,7 @@ class EmbeddingDropout(nn.Module):
             scale_grad_by_freq=e.scale_grad_by_freq,
             sparse=e.sparse,
             generator=_check_generator(generator) or self.generator,
+            scale=scale,
         )
 
     def extra_repr(self) -> str:

@@ -15,6 +15,7 @@ the weights (BALD, Houlsby et al. 2011), which isolates the model's own (epistem
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -274,6 +275,14 @@ def mc_predict(
     inputs, batch_dim, batch = _check_inputs(x, batch_dim)
 
     with mc_dropout(model, include=include) as active:
+        if not active:
+            warnings.warn(
+                "mc_predict: the model has no dropout module to switch on (no torch.nn / rnndrop dropout module, no "
+                "recurrent layer with dropout), so every pass is the same and std is 0. Dropout written as "
+                "F.dropout(x, p, self.training) is switched off with the model: pass include=lambda m: "
+                "isinstance(m, ThatModule) to keep that module in training mode",
+                UserWarning, stacklevel=2,
+            )
         sharing = [m for m in active if not masks_per_sample(m)]
         if vectorize and sharing:
             names = ", ".join(sorted({type(m).__name__ for m in sharing}))
@@ -297,13 +306,22 @@ def mc_predict(
             for m, _ in generators:
                 m.generator = None
             with rng, torch.no_grad():
-                return _run(
+                result, identical = _run(
                     model, inputs, batch_dim, batch, samples, per_call, rows, seed, output_fn,
                     task, probabilities, class_dim, return_outputs, vectorized,
                 )
         finally:
             for m, g in generators:
                 m.generator = g
+    if active and samples > 1 and identical:
+        names = ", ".join(sorted({type(m).__name__ for m in active}))
+        warnings.warn(
+            f"mc_predict: all {samples} passes returned identical outputs (std 0) although these modules were "
+            f"switched on: {names}. Their dropout may not reach the output (rate 0, masks passed explicitly, a "
+            "dropout that reads another flag than its module's training mode): check the model",
+            UserWarning, stacklevel=2,
+        )
+    return result
 
 
 def _run(
@@ -321,8 +339,11 @@ def _run(
     class_dim: int,
     return_outputs: bool,
     vectorized: bool,
-) -> MCPrediction:
+) -> tuple[MCPrediction, bool]:
+    """The passes' statistics, and whether every pass returned exactly the first pass's output."""
     stats = _Welford()
+    first: torch.Tensor | None = None
+    identical = True
     entropy_sum: torch.Tensor | None = None
     kept: list[torch.Tensor] = []
     calls = 0
@@ -359,6 +380,9 @@ def _run(
             ent = _entropy(values, cdim).sum(0)
             entropy_sum = ent if entropy_sum is None else entropy_sum + ent
         stats.add(values)
+        if first is None:
+            first = values[0]
+        identical = identical and bool((values == first).all())
         if return_outputs:
             kept.append(values)
     assert stats.mean is not None and stats.m2 is not None
@@ -370,7 +394,7 @@ def _run(
         entropy = _entropy(mean, cdim - 1)
         expected = entropy_sum / samples
         mi = (entropy - expected).clamp_min(0.0)
-    return MCPrediction(
+    prediction = MCPrediction(
         mean=mean,
         std=std,
         entropy=entropy,
@@ -381,6 +405,7 @@ def _run(
         vectorized=vectorized,
         forward_calls=calls,
     )
+    return prediction, identical
 
 
 def _call(model: nn.Module, inputs: tuple[torch.Tensor, ...], output_fn: Callable[[Any], torch.Tensor] | None):

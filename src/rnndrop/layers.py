@@ -22,7 +22,13 @@ from ._kernels import BACKENDS, select_stack_fn
 from ._pickling import GeneratorPicklingMixin
 from .activations import resolve_activation
 from .cells import NUM_GATES
-from .errors import KernelUnavailableError, RnnDropTypeError, RnnDropValueError
+from .errors import (
+    KernelUnavailableError,
+    RnnDropDtypeError,
+    RnnDropShapeError,
+    RnnDropTypeError,
+    RnnDropValueError,
+)
 from .init import INIT_SCHEMES, InitScheme, initialize_
 from .masks import (
     MASK_SCOPE_CHOICES,
@@ -152,11 +158,70 @@ def _sample_outside_graph(spec: MaskSpec, batch: int, time: int, **kwargs: Any) 
 
 
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
+    # torch.nn's wording is included ("... should be of type int", "... must be greater than zero").
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RnnDropTypeError(f"{argument} must be an int >= {minimum}, got {type(value).__name__}")
+        raise RnnDropTypeError(
+            f"{argument} must be an int >= {minimum}, got {type(value).__name__} "
+            f"({argument} should be of type int, got: {type(value).__name__})"
+        )
     if value < minimum:
-        raise RnnDropValueError(f"{argument} must be an int >= {minimum}, got {value}")
+        torch_says = "must be greater than zero" if minimum == 1 else "should be a positive integer or zero"
+        raise RnnDropValueError(f"{argument} must be an int >= {minimum}, got {value} ({argument} {torch_says})")
     return value
+
+
+def _check_bool(value: object, argument: str) -> bool:
+    """torch.nn's check of ``bias`` / ``batch_first``: a bool, nothing else (``"False"`` would be true)."""
+    if not isinstance(value, bool):
+        raise RnnDropTypeError(f"{argument} should be of type bool, got: {type(value).__name__}")
+    return value
+
+
+def _check_rate(layer: RecurrentBase, value: object, argument: str) -> float:
+    p = check_probability(value, argument)
+    if p and argument == "candidate_dropout" and layer.mode == "RNN":
+        raise RnnDropValueError(
+            "candidate_dropout (Semeniuta et al.) is defined for LSTM and GRU only; for RNN the candidate "
+            f"is the whole new state: use recurrent_dropout instead (got candidate_dropout={value})"
+        )
+    if p and argument == "zoneout_cell" and layer.mode != "LSTM":
+        raise RnnDropValueError(f"zoneout_cell is for LSTM only (it has no cell state c), got {layer.mode}")
+    return p
+
+
+def _check_generator(value: object, argument: str = "generator") -> torch.Generator | None:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise RnnDropTypeError(f"{argument} must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+def _check_backend(value: object) -> str:
+    if value not in BACKENDS:
+        raise RnnDropValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+# The options a user may change after construction (``layer.recurrent_dropout = 0.3``): each assignment
+# runs the constructor's check, so a bad value fails there, with the constructor's message, instead of
+# as NaNs or a kernel error at the next call.
+_OPTION_CHECKS: dict[str, Any] = {
+    "dropout": lambda layer, v: check_probability(v, "dropout", allow_one=True),
+    **{name: functools.partial(lambda name, layer, v: _check_rate(layer, v, name), name)
+       for name in ("input_dropout", "recurrent_dropout", "weight_dropout", "candidate_dropout",
+                    "zoneout_hidden", "zoneout_cell")},
+    "gate_masks": lambda layer, v: check_gate_masks(v),
+    "mask_scope": lambda layer, v: check_choice(v, "mask_scope", MASK_SCOPE_CHOICES),
+    "generator": lambda layer, v: _check_generator(v),
+    "backend": lambda layer, v: _check_backend(v),
+    "activation": lambda layer, v: resolve_activation(v, "nonlinearity" if layer.mode == "RNN" else "activation"),
+    "recurrent_activation": lambda layer, v: resolve_activation(v, "recurrent_activation"),
+}
+
+
+def _torch_dtype_message(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """torch.nn's text for an input whose dtype is not the weights'."""
+    return (f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). Convert input: "
+            f"input.to({weight.dtype}), or convert model: model.to({x.dtype})")
 
 
 class RecurrentBase(GeneratorPicklingMixin, nn.Module):
@@ -202,46 +267,40 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         self.num_layers = _check_positive_int(num_layers, "num_layers")
         self.proj_size = _check_positive_int(proj_size, "proj_size", minimum=0)
         if self.proj_size and mode != "LSTM":
-            raise RnnDropValueError(f"proj_size is only supported by LSTM, got proj_size={proj_size} for {mode}")
+            raise RnnDropValueError(
+                f"proj_size is only supported by LSTM, got proj_size={proj_size} for {mode} "
+                "(proj_size argument is only supported for LSTM, not RNN or GRU)"
+            )
         if self.proj_size >= self.hidden_size:
             raise RnnDropValueError(
-                f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}"
+                f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size} "
+                "(proj_size has to be smaller than hidden_size)"
             )
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = _check_bool(bias, "bias")
+        self.batch_first = _check_bool(batch_first, "batch_first")
         self.bidirectional = bool(bidirectional)
-        self.dropout = check_probability(dropout, "dropout")
+        # The options below are checked by __setattr__ (_OPTION_CHECKS), here and on any later assignment.
+        self.dropout = dropout
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 "dropout (torch's between-layer dropout) has no effect with num_layers=1; "
                 "use input_dropout / recurrent_dropout for dropout inside the layer",
                 stacklevel=3,
             )
-        self.input_dropout = check_probability(input_dropout, "input_dropout")
-        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
-        self.gate_masks: GateMasks = check_gate_masks(gate_masks)
-        self.weight_dropout = check_probability(weight_dropout, "weight_dropout")
-        self.candidate_dropout = check_probability(candidate_dropout, "candidate_dropout")
-        if self.candidate_dropout and mode == "RNN":
-            raise RnnDropValueError(
-                "candidate_dropout (Semeniuta et al.) is defined for LSTM and GRU only; for RNN the candidate "
-                f"is the whole new state: use recurrent_dropout instead (got candidate_dropout={candidate_dropout})"
-            )
-        self.zoneout_hidden = check_probability(zoneout_hidden, "zoneout_hidden")
-        self.zoneout_cell = check_probability(zoneout_cell, "zoneout_cell")
-        if self.zoneout_cell and mode != "LSTM":
-            raise RnnDropValueError(f"zoneout_cell is for LSTM only (it has no cell state c), got {mode}")
-        self.mask_scope: MaskScope = check_choice(mask_scope, "mask_scope", MASK_SCOPE_CHOICES)  # type: ignore[assignment]
+        self.input_dropout = input_dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.gate_masks: GateMasks = gate_masks
+        self.weight_dropout = weight_dropout
+        self.candidate_dropout = candidate_dropout
+        self.zoneout_hidden = zoneout_hidden
+        self.zoneout_cell = zoneout_cell
+        self.mask_scope: MaskScope = mask_scope
         self.locked_dropout = bool(locked_dropout)
-        self.activation = resolve_activation(activation, "activation")
-        self.recurrent_activation = resolve_activation(recurrent_activation, "recurrent_activation")
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
         self.reset_after = bool(reset_after)
         self.zero_output_for_mask = bool(zero_output_for_mask)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise RnnDropTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
-        if backend not in BACKENDS:
-            raise RnnDropValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend: Backend = backend
         self.init: InitScheme = check_choice(init, "init", INIT_SCHEMES)  # type: ignore[assignment]
         # Which implementation the last forward call ran ("fused" or "reference") and, when it
@@ -276,6 +335,12 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                     self._flat_weights_names.append(name)
         self.reset_parameters()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = _OPTION_CHECKS.get(name)
+        if check is not None:
+            value = check(self, value)
+        super().__setattr__(name, value)
+
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self) -> None:
         """Initialise the parameters by ``self.init``: torch.nn's scheme (every parameter ~
@@ -289,6 +354,11 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
     def num_directions(self) -> int:
         """2 if bidirectional, else 1 (``D`` in the shapes)."""
         return 2 if self.bidirectional else 1
+
+    @property
+    def _flat_weights(self) -> list[nn.Parameter]:
+        """The parameters in torch.nn's flat order (``_flat_weights_names``), read afresh (torch.nn keeps a list)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -425,19 +495,36 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             states = (hx,)
             names = ("hx",)
         out = []
-        for name, s, size in zip(names, states, sizes):
+        for i, (name, s, size) in enumerate(zip(names, states, sizes)):
             if not isinstance(s, torch.Tensor):
                 raise RnnDropTypeError(f"{name} must be a Tensor, got {type(s).__name__}")
             want = (rows, batch, size) if batched else (rows, size)
             if tuple(s.shape) != want:
                 kind = "batched" if batched else "unbatched"
-                raise RnnDropValueError(f"{name} must have shape {want} for {kind} input, got {tuple(s.shape)}")
+                raise RnnDropShapeError(
+                    f"{name} must have shape {want} for {kind} input, got {tuple(s.shape)} "
+                    f"({self._torch_state_message(states, i, want, batched)})"
+                )
             if s.dtype != dtype:
-                raise RnnDropTypeError(f"{name} must have dtype {dtype} like the input, got {s.dtype}")
+                raise RnnDropDtypeError(f"{name} must have dtype {dtype} like the input, got {s.dtype}")
             if s.device != device:
                 raise RnnDropValueError(f"{name} must be on device {device} like the input, got {s.device}")
             out.append(s if batched else s.unsqueeze(1))
         return tuple(out)
+
+    def _torch_state_message(
+        self, states: tuple[Any, ...], index: int, want: tuple[int, ...], batched: bool
+    ) -> str:
+        """torch.nn's text for an initial state of the wrong rank or size."""
+        rank = 3 if batched else 2
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        if any(isinstance(t, torch.Tensor) and t.dim() != rank for t in states):
+            if self.mode == "LSTM":
+                ranks = ", ".join(f"{t.dim()}-D" for t in states)
+                return f"For {kind} input, hx and cx should also be {rank}-D but got ({ranks}) tensors"
+            return f"For {kind} input, hx should also be {rank}-D but got {states[0].dim()}-D tensor"
+        which = f"hidden[{index}]" if self.mode == "LSTM" else "hidden"
+        return f"Expected {which} size {want}, got {list(states[index].shape)}"
 
     def forward(
         self,
@@ -449,6 +536,7 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         dropout_masks: DropoutMasks | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Any, Any]:
+        """Run the layer: see :meth:`LSTM.forward`, :meth:`GRU.forward`, :meth:`RNN.forward`."""
         if generator is not None and not isinstance(generator, torch.Generator):
             raise RnnDropTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         packed = isinstance(input, PackedSequence)
@@ -464,7 +552,8 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                 )
             if input.dim() not in (2, 3):
                 raise RnnDropValueError(
-                    f"input must be 3-D (batched) or 2-D (unbatched), got {input.dim()}-D of shape {tuple(input.shape)}"
+                    f"input must be 3-D (batched) or 2-D (unbatched), got {input.dim()}-D of shape "
+                    f"{tuple(input.shape)} ({self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead)"
                 )
             batched = input.dim() == 3
             if not batched:
@@ -536,21 +625,29 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         return output, hidden
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not x.is_floating_point():
-            raise RnnDropTypeError(f"input must be a floating point tensor, got dtype {x.dtype}")
-        if x.shape[-1] != self.input_size:
-            raise RnnDropValueError(
-                f"input must have {self.input_size} features (input_size) in its last dimension, got {x.shape[-1]}"
-            )
-        if x.shape[0] == 0:
-            raise RnnDropValueError("input must have at least one timestep, got sequence length 0")
-        # Every parameter, not only the first: one converted after construction (`layer.weight_hh_l0.data =
-        # ....float()`, a partial .to()) would otherwise surface as torch's "m1 and m2 must have the same dtype".
+        # Errors carry torch.nn's wording and are also instances of torch.nn's class (rnndrop.errors).
         params = [(name, getattr(self, name)) for name in self._flat_weights_names]
         first = params[0][1]
+        if not x.is_floating_point():
+            raise RnnDropDtypeError(
+                f"input must be a floating point tensor, got dtype {x.dtype} ({_torch_dtype_message(x, first)})"
+            )
+        if x.shape[-1] != self.input_size:
+            raise RnnDropShapeError(
+                f"input must have {self.input_size} features (input_size) in its last dimension, got "
+                f"{x.shape[-1]} (input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {x.shape[-1]})"
+            )
+        if x.shape[0] == 0:
+            raise RnnDropShapeError(
+                "input must have at least one timestep, got sequence length 0 "
+                "(Expected sequence length to be larger than 0 in RNN)"
+            )
+        # Every parameter, not only the first: one converted after construction (`layer.weight_hh_l0.data =
+        # ....float()`, a partial .to()) would otherwise surface as torch's "m1 and m2 must have the same dtype".
         if any(p.dtype != first.dtype for _, p in params):
             odd = [(n, p) for n, p in params if p.dtype != x.dtype] or params
-            raise RnnDropTypeError(
+            raise RnnDropDtypeError(
                 f"parameter {odd[0][0]} has dtype {odd[0][1].dtype} but the input has {x.dtype}; every parameter "
                 f"must have the input's dtype (was one converted after construction?): convert the whole layer, "
                 f"e.g. layer.to({x.dtype})"
@@ -562,9 +659,9 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
                 f"must be on the input's device: move the whole layer, e.g. layer.to({str(x.device)!r})"
             )
         if x.dtype != first.dtype:
-            raise RnnDropTypeError(
+            raise RnnDropDtypeError(
                 f"input dtype {x.dtype} does not match the parameters' dtype {first.dtype}; "
-                f"convert one of them (e.g. layer.to({x.dtype}))"
+                f"convert one of them (e.g. layer.to({x.dtype})) ({_torch_dtype_message(x, first)})"
             )
         if x.device != first.device:
             raise RnnDropValueError(f"input is on {x.device} but the parameters are on {first.device}")
@@ -694,6 +791,7 @@ class GRU(RecurrentBase):
     Extra arguments:
         reset_after: see above, default True.
         activation: ``φ``, default ``"tanh"``; recurrent_activation: ``σ``, default ``"sigmoid"``.
+        proj_size: accepted as torch.nn.GRU accepts it: anything but 0 raises ``ValueError``.
     """
         + _DOC_DROPOUT_ARGS
     )
@@ -725,10 +823,11 @@ class GRU(RecurrentBase):
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
         init: InitScheme = "torch",
+        proj_size: int = 0,
     ) -> None:
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            0, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
+            proj_size, device, dtype, activation=activation, recurrent_activation=recurrent_activation,
             reset_after=reset_after, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
             gate_masks=gate_masks, weight_dropout=weight_dropout, candidate_dropout=candidate_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,
@@ -752,6 +851,7 @@ class RNN(RecurrentBase):
     Extra arguments:
         nonlinearity: ``φ``; torch accepts ``"tanh"`` and ``"relu"``, rnndrop any name in
             ``rnndrop.activations.ACTIVATIONS`` (Keras SimpleRNN ``activation``). Default ``"tanh"``.
+        proj_size: accepted as torch.nn.RNN accepts it: anything but 0 raises ``ValueError``.
     """
         + _DOC_DROPOUT_ARGS
     )
@@ -780,10 +880,11 @@ class RNN(RecurrentBase):
         generator: torch.Generator | None = None,
         backend: Backend = "auto",
         init: InitScheme = "torch",
+        proj_size: int = 0,
     ) -> None:
         super().__init__(
             "RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            0, device, dtype, activation=resolve_activation(nonlinearity, "nonlinearity"),
+            proj_size, device, dtype, activation=resolve_activation(nonlinearity, "nonlinearity"),
             recurrent_activation=None, input_dropout=input_dropout,
             recurrent_dropout=recurrent_dropout, gate_masks=gate_masks, weight_dropout=weight_dropout,
             zoneout_hidden=zoneout_hidden, mask_scope=mask_scope, locked_dropout=locked_dropout,

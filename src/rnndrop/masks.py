@@ -53,7 +53,7 @@ from typing import Literal
 
 import torch
 
-from .errors import RnnDropTypeError, RnnDropValueError
+from .errors import RnnDropArgumentTypeError, RnnDropTypeError, RnnDropValueError
 
 GateMasks = Literal["shared", "per_gate"]
 GATE_MASK_CHOICES: tuple[str, ...] = ("shared", "per_gate")
@@ -61,14 +61,28 @@ MaskScope = Literal["sample", "batch"]
 MASK_SCOPE_CHOICES: tuple[str, ...] = ("sample", "batch")
 
 
-def check_probability(p: object, argument: str) -> float:
-    """Validate a dropout probability in ``[0, 1)`` and return it as a float."""
+def check_probability(p: object, argument: str, *, allow_one: bool = False) -> float:
+    """Validate a dropout probability in ``[0, 1)`` (``[0, 1]`` with ``allow_one``) and return it as a float.
+
+    ``allow_one`` is for torch.nn's own ``dropout`` argument, which accepts 1 (everything dropped); the
+    time-locked masks scale by ``1 / (1 - p)`` and need ``p < 1``. A value that is not a real number
+    raises :class:`~rnndrop.errors.RnnDropArgumentTypeError`, a ``TypeError`` and, as torch.nn's, a
+    ``ValueError``.
+    """
+    interval = "[0, 1]" if allow_one else "[0, 1)"
     # numbers.Real, like torch.nn: numpy scalars (np.float32(0.2)) are accepted, bools are not.
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise RnnDropTypeError(f"{argument} must be a float in [0, 1), got {type(p).__name__}")
+        raise RnnDropArgumentTypeError(
+            f"{argument} must be a float in {interval}, got {type(p).__name__} "
+            f"({argument} should be a number in range {interval} representing the probability of an element "
+            "being zeroed)"
+        )
     p = float(p)
-    if not 0.0 <= p < 1.0:  # NaN fails this test too
-        raise RnnDropValueError(f"{argument} must be in [0, 1), got {p}")
+    if not (0.0 <= p <= 1.0 if allow_one else 0.0 <= p < 1.0):  # NaN fails this test too
+        raise RnnDropValueError(
+            f"{argument} must be in {interval}, got {p} ({argument} should be a number in range {interval} "
+            "representing the probability of an element being zeroed)"
+        )
     return p
 
 
@@ -90,8 +104,13 @@ def bernoulli_mask(
     device: torch.device | str,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Sample a dropout mask of ``shape``: entries ``0`` with probability ``p``, else ``1/(1-p)``."""
+    """Sample a dropout mask of ``shape``: entries ``0`` with probability ``p``, else ``1/(1-p)``.
+
+    ``p = 1`` (torch's between-layer ``dropout=1``) drops everything: all zeros, as ``F.dropout``.
+    """
     keep = 1.0 - p
+    if keep == 0.0:
+        return torch.zeros(tuple(shape), dtype=dtype, device=device)
     mask = torch.empty(tuple(shape), dtype=dtype, device=device)
     mask.bernoulli_(keep, generator=generator)
     return mask.div_(keep)
@@ -212,6 +231,17 @@ class DropoutMasks:
 
     layers: tuple[tuple[DirectionMasks, ...], ...]
     between: tuple[torch.Tensor | None, ...] = ()
+
+    def to(self, dtype: torch.dtype) -> DropoutMasks:
+        """The same masks in ``dtype`` (values unchanged where ``dtype`` holds them: 0, 1/(1-p) as stored)."""
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        layers = tuple(
+            tuple(DirectionMasks(**{f: cast(getattr(m, f)) for f in _DIRECTION_MASK_FIELDS}) for m in layer)
+            for layer in self.layers
+        )
+        return DropoutMasks(layers, tuple(cast(t) for t in self.between))
 
 
 @dataclass(frozen=True)

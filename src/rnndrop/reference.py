@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ._runtime import is_compiling
 from .activations import get_activation
 from .cells import drop_weight, gru_step, input_projection, lstm_step, rnn_step, zoneout
 from .masks import DirectionMasks, DropoutMasks
@@ -68,13 +69,32 @@ def run_direction(
     Returns:
         ``output`` ``(T, B, H_out)`` and the final (carried) state.
     """
+    gi_all = input_projection(x, params.w_ih, params.b_ih, masks.input)
+    return run_recurrence(cfg, gi_all, state, params, masks, step_mask, reverse, zero_masked_output)
+
+
+def run_recurrence(
+    cfg: CellConfig,
+    gi_all: torch.Tensor,
+    state: State,
+    params: DirectionParams,
+    masks: DirectionMasks,
+    step_mask: torch.Tensor | None,
+    reverse: bool,
+    zero_masked_output: bool,
+) -> tuple[torch.Tensor, State]:
+    """:func:`run_direction` after its input projection: ``gi_all`` ``(T, B, G * H)`` includes ``b_ih``.
+
+    Only ``params.w_hh``, ``b_hh``, ``w_hr`` and the recurrent, candidate and zoneout masks are read.
+    The compiled kernels recompute through this function when a second derivative is asked for.
+    """
     act = get_activation(cfg.activation)
     ract = get_activation(cfg.recurrent_activation)
-    gi_all = input_projection(x, params.w_ih, params.b_ih, masks.input)
     rmask, cmask = masks.recurrent, masks.candidate
     zone = (masks.zoneout_h, masks.zoneout_c)
-    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    outputs: list[torch.Tensor | None] = [None] * x.shape[0]
+    time = gi_all.shape[0]
+    steps = range(time - 1, -1, -1) if reverse else range(time)
+    outputs: list[torch.Tensor | None] = [None] * time
     prev_out = torch.zeros_like(state[0])
     for t in steps:
         gi = gi_all[t]
@@ -112,23 +132,30 @@ DirectionFn = Callable[..., tuple[torch.Tensor, State]]
 
 
 class _CallerTensorsUnchanged(torch.autograd.Function):
-    """Identity (as views) on the tensors a call reads from its caller, which it saves for the backward.
+    """Identity on the tensors a reference call reads from its caller, saving them for the backward.
 
     Modifying the input or an initial state in place between forward and backward must fail the
-    same way whichever implementation ran. The compiled kernels save ``x`` and ``h0`` (they recompute
-    from them), so there torch's version-counter check raises; the reference would not (with an input
-    or recurrent mask it saves only ``x * m``), and would silently succeed. Raising on both is what
-    ``torch.nn.LSTM`` does too, and it is the only consistent choice that needs no copy of ``x``.
-    The first layer's input weights ride along so that the check also runs when only the parameters
-    require grad (the usual case: ``x`` is data); outputs whose tensor needs no grad stay so.
+    same way whichever implementation ran, with torch's usual "modified by an inplace operation"
+    error. The compiled kernels and torch's own save ``x`` and ``h0`` (they recompute from them), so
+    there torch's version-counter check raises by itself; the reference loop would not (with an input
+    or recurrent mask it saves only ``x * m``) and would silently succeed, so it runs its inputs through
+    this function. The first layer's input weights ride along so that the check also runs when only
+    the parameters require grad (the usual case: ``x`` is data). The outputs are copies, not views: a
+    view returned by a custom function would turn the in-place change into autograd's view+inplace
+    error instead of torch's message (the copies cost nothing next to the reference loop's own work).
+    Written with ``setup_context`` (and a generated vmap rule) so that torch.func transforms run it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        ctx.save_for_backward(*tensors)
-        outs = tuple(t.view_as(t) for t in tensors)
-        ctx.mark_non_differentiable(*(o for o, needs in zip(outs, ctx.needs_input_grad) if not needs))
-        return outs
+    def forward(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        return tuple(t.clone() for t in tensors)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[torch.Tensor, ...], output: tuple[torch.Tensor, ...]) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.mark_non_differentiable(*(o for o, t in zip(output, inputs) if not t.requires_grad))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
@@ -144,8 +171,7 @@ def _guard_caller_tensors(
     keeps its own saved tensors, are left as they are)."""
     first = [p.w_ih for p in params[0]]
     tensors = (x, *init_states, *first)
-    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
-    if (not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors) or compiling
+    if (not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors) or is_compiling()
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
         return x, tuple(init_states), [list(layer) for layer in params]
     outs = _CallerTensorsUnchanged.apply(*tensors)
@@ -178,7 +204,8 @@ def run_stack(
         ``output`` ``(T, B, D * H_out)`` of the last layer and the final states, each ``(L * D, B, ·)``.
     """
     num_dirs = len(params[0])
-    x, init_states, params = _guard_caller_tensors(x, init_states, params)
+    if direction_fn is run_direction:  # the compiled kernels save x and h0 themselves
+        x, init_states, params = _guard_caller_tensors(x, init_states, params)
     finals: list[list[torch.Tensor]] = [[] for _ in init_states]
     layer_input = x
     for k, layer_params in enumerate(params):

@@ -46,10 +46,32 @@ def test_gradcheck_fused_direction(kernel, mode: str, reset_after: bool, gates, 
     assert torch.autograd.gradcheck(fn, (x, w_ih, w_hh, b_ih, b_hh, *states), eps=1e-6, atol=1e-7)
 
 
-def test_double_backward_raises_instead_of_being_wrong(kernel) -> None:
-    cfg = CellConfig("GRU")
-    x = torch.randn(3, 2, 2, dtype=F64, requires_grad=True)
-    p = DirectionParams(torch.randn(6, 2, dtype=F64, requires_grad=True), torch.randn(6, 2, dtype=F64))
-    out, _ = fused_run_direction(cfg, x, (torch.zeros(2, 2, dtype=F64),), p, DirectionMasks(), None, False, False)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(out.sum(), x, create_graph=True)
+@pytest.mark.parametrize("mode,reset_after", [("LSTM", True), ("GRU", True), ("GRU", False), ("RNN", True)])
+def test_second_derivatives_of_the_fused_direction(kernel, mode: str, reset_after: bool) -> None:
+    """create_graph=True through the fused kernel: the backward differentiates the reference maths on the
+    same inputs and masks (rnndrop._kernels.autograd.Recompute), so gradgradcheck holds, batched too."""
+    g = torch.Generator().manual_seed(3)
+    t, b, i, h = 3, 2, 2, 2
+    n_gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[mode]
+    cfg = CellConfig(mode, "tanh", "sigmoid" if mode != "RNN" else "linear", reset_after)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, dtype=F64, generator=g) * 0.6).requires_grad_()
+
+    x, w_ih, w_hh, b_ih, b_hh = rand(t, b, i), rand(n_gates * h, i), rand(n_gates * h, h), rand(n_gates * h), \
+        rand(n_gates * h)
+    states = [rand(b, h) for _ in range(2 if mode == "LSTM" else 1)]
+    masks = DirectionMasks(
+        input=bernoulli_mask((n_gates, b, i), 0.3, dtype=F64, device="cpu", generator=g),
+        recurrent=bernoulli_mask((n_gates, b, h), 0.3, dtype=F64, device="cpu", generator=g),
+    )
+    steps = torch.tensor([[True, True], [False, True], [True, False]])
+
+    def fn(x, w_ih, w_hh, b_ih, b_hh, *states):
+        p = DirectionParams(w_ih, w_hh, b_ih, b_hh)
+        out, final = fused_run_direction(cfg, x, tuple(states), p, masks, steps, True, False)
+        return (out, *final)
+
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, *states)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, check_batched_grad=True)

@@ -9,8 +9,12 @@ runs in the compiled extension, forward and a hand-derived backward; it saves on
 activated gates (and the LSTM cell states, the GRU's ``W_hn h + b_hn``), never a per-step graph.
 
 Masks are constants here (they carry no gradient); the predicate in :mod:`.registry` sends
-masks that require grad to the reference. The backward is not itself differentiable: double
-backward (``create_graph=True``) raises instead of returning a wrong result.
+masks that require grad to the reference. The hand-derived backward is first-order only: when a
+second derivative is asked for (``create_graph=True``: gradient penalties, meta-learning,
+``gradgradcheck``) or the cotangents are batched (``autograd.grad(..., is_grads_batched=True)``, a
+vmap over the backward), the backward recomputes the direction with the reference maths
+(:func:`rnndrop.reference.run_recurrence`, :func:`rnndrop.cells.input_projection`) on the same
+inputs and masks and differentiates that (:func:`recompute_grads`): exact derivatives of every order.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._runtime import cpu_autocast_dtype, is_compiling, under_functorch
+from ..cells import input_projection
 from ..masks import DirectionMasks
-from ..reference import CellConfig, DirectionParams, State
+from ..reference import CellConfig, DirectionParams, State, run_recurrence
 from . import ops
 
 MODES = {"LSTM": 0, "GRU": 1, "RNN": 2}
-# Activations the kernel implements (code = the C++ enum). Their derivatives are computed from
-# the activation's output, as torch's own backward functions do.
-ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3}
+# Activations the kernels implement (code = the C++ enum / the Triton kernels' constants). Their
+# derivatives are computed from the activation's output, as torch's own backward functions do.
+# hard_sigmoid (Keras 3's, the recurrent activation of many converted Keras models): the CPU kernel only.
+ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 4}
+CPU_ACTIVATIONS = frozenset(ACTIVATION_CODES)
+TRITON_ACTIVATIONS = frozenset({"tanh", "sigmoid", "relu", "linear"})
 
 
 @dataclass(frozen=True)
@@ -44,22 +53,6 @@ class KernelOptions:
     zero_fill: bool
 
 
-def _is_compiling() -> bool:
-    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
-
-
-def cpu_autocast_dtype() -> torch.dtype | None:
-    """The low-precision dtype of an active CPU autocast region, else ``None``."""
-    try:
-        enabled = torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        enabled = torch.is_autocast_cpu_enabled()
-    if not enabled:
-        return None
-    get = getattr(torch, "get_autocast_dtype", None)
-    return get("cpu") if get is not None else torch.get_autocast_cpu_dtype()
-
-
 def _no_cpu_autocast(active: bool):
     """A context without CPU autocast (when ``active``): the low-precision casts are explicit there."""
     import contextlib
@@ -67,17 +60,103 @@ def _no_cpu_autocast(active: bool):
     return torch.autocast("cpu", enabled=False) if active else contextlib.nullcontext()
 
 
-def refuse_double_backward(kernel: str) -> None:
-    """Raise when a hand-written backward runs with ``create_graph=True`` (it is not differentiable).
+def needs_recompute(*grads: torch.Tensor | None) -> bool:
+    """Whether a hand-written backward must differentiate the reference maths instead of running its kernel.
 
-    ``once_differentiable`` alone would not catch this when the cotangents are constants (the
-    second derivative would silently miss the path through the saved activations).
+    ``create_graph=True`` (grad mode is on inside the backward: its result must itself be
+    differentiable) or batched cotangents (a vmap over the backward: they have no storage for a
+    kernel to read).
     """
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"rnndrop's {kernel} does not support double backward (create_graph=True); "
-            "construct the layer with backend='reference' for higher-order gradients"
-        )
+    return torch.is_grad_enabled() or under_functorch(*grads)
+
+
+def recompute_grads(
+    outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor | None, ...],
+    grads: tuple[torch.Tensor | None, ...], create_graph: bool,
+) -> tuple[torch.Tensor | None, ...]:
+    """``d outputs / d inputs`` applied to ``grads``, through a graph recomputed by the caller (None where unused).
+
+    With ``create_graph`` (the backward's own grad mode, read before it turned grad mode on to
+    recompute) the result is itself differentiable, so derivatives of any order follow.
+    """
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+    result: list[torch.Tensor | None] = [None] * len(inputs)
+    if not wanted or not pairs:
+        return tuple(result)
+    found = torch.autograd.grad(
+        [o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+        create_graph=create_graph, allow_unused=True,
+    )
+    for i, g in zip(wanted, found):
+        result[i] = g
+    return tuple(result)
+
+
+class _ValueOf(torch.autograd.Function):
+    """``value`` in the forward; in the backward the gradient goes to ``anchor`` (same shape) as is.
+
+    A kernel's input whose buffer may since have been reused (the input projection's ``gi``) is
+    recomputed as ``value`` and stands in for ``anchor`` in the graph.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(anchor: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+@dataclass(frozen=True, eq=False)
+class Recompute:
+    """What a fused direction's backward needs to recompute it with the reference maths (second derivatives).
+
+    ``cfg`` the cell; ``x``, ``w_ih``, ``mask`` the input projection's inputs (``gi``'s value is
+    recomputed from them: its buffer is reused by later calls).
+    """
+
+    cfg: CellConfig
+    x: torch.Tensor
+    w_ih: torch.Tensor
+    mask: torch.Tensor | None
+    b_ih: torch.Tensor | None = None  # when the kernel's gi includes b_ih (Triton), else None
+
+    def gi(self) -> torch.Tensor:
+        with torch.no_grad():
+            return input_projection(self.x, self.w_ih, self.b_ih, self.mask)
+
+    def backward(
+        self, gi_node: torch.Tensor, tensors: tuple[torch.Tensor | None, ...], grads: tuple[torch.Tensor | None, ...],
+        reverse: bool, zero_masked_output: bool,
+    ) -> tuple[torch.Tensor | None, ...]:
+        """A compiled direction's gradients as the derivative of the reference recurrence.
+
+        ``gi_node`` is the kernel's ``gi`` input (the graph node; its values are recomputed);
+        ``tensors`` ``(h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc)`` as the kernel took them
+        (``b_ih`` None when ``gi`` includes it; ``cmask`` ``(B, H)``); ``grads`` ``(dout, dh_T, dc_T)``.
+        Returns ``(dgi, dh0, dc0, dw_hh, db_hh, db_ih)``, differentiable when grad mode was on.
+        """
+        create_graph = torch.is_grad_enabled()
+        h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc = tensors
+        with torch.enable_grad():
+            gi = self.gi().to(h0.dtype)
+            if gi_node.requires_grad:
+                gi = _ValueOf.apply(gi_node, gi)
+            gi_b = gi if b_ih is None else gi + b_ih
+            masks = DirectionMasks(recurrent=rmask, candidate=None if cmask is None else cmask.unsqueeze(0),
+                                   zoneout_h=zh, zoneout_c=zc)
+            params = DirectionParams(w_ih=w_hh, w_hh=w_hh, b_hh=b_hh)  # w_ih is not read by run_recurrence
+            state = (h0,) if c0 is None else (h0, c0)
+            out, finals = run_recurrence(self.cfg, gi_b, state, params, masks, steps, reverse, zero_masked_output)
+        return recompute_grads((out, *finals), (gi_node, h0, c0, w_hh, b_hh, b_ih), grads, create_graph)
 
 
 class _ThreadBuffers(threading.local):
@@ -94,8 +173,13 @@ def projection_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
     ``gi`` (``(T, B, G*H)``, 26 MB on the main benchmark) is consumed by the recurrence and saved by
     nothing (the kernels keep the activated gates instead), so one buffer per thread and dtype serves
     every call; allocating it afresh made glibc map new pages that the projection then page-faulted in,
-    a quarter of an inference call's time. The returned view is overwritten by the next call on this
-    thread: only :class:`MaskedProjection` uses it, and its output is read before the next projection.
+    a quarter of an inference call's time. The returned tensor is overwritten by the next call on this
+    thread: only :class:`MaskedProjection` uses it, and its output is read before the next projection
+    (a second derivative recomputes it, see :class:`Recompute`).
+
+    It shares the buffer's memory without being a view of it: autograd forbids using a custom
+    function's view output after its base changed in place, which every later call does, and the
+    recomputing backward still needs ``gi`` as a node of the graph.
     """
     buf = _projection_buffers.by_dtype.get(dtype)
     if buf is None or buf.numel() < numel:
@@ -104,7 +188,7 @@ def projection_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
         with torch.inference_mode(False):
             buf = torch.empty(numel, dtype=dtype)
         _projection_buffers.by_dtype[dtype] = buf
-    return buf[:numel]
+    return torch.empty(0, dtype=dtype).set_(buf.untyped_storage(), 0, (numel,), (1,))
 
 
 def project(
@@ -124,7 +208,7 @@ def project(
     out_dtype = x.dtype if lowp is None else lowp
     # Under torch.compile Dynamo refuses out= into the (non-contiguous) column blocks; the
     # compiler plans the memory itself, so the blocks are concatenated instead.
-    compiling = _is_compiling()
+    compiling = is_compiling()
     cpu_float = (lowp is None and b_ih is None and x.device.type == "cpu" and x.dtype == torch.float32
                  and w_ih.dtype == torch.float32)
     if compiling and cpu_float and ops.projection_available():
@@ -184,15 +268,25 @@ class MaskedProjection(torch.autograd.Function):
         lowp: torch.dtype | None = None,
     ) -> torch.Tensor:
         gi = project(x, w_ih, b_ih, mask, lowp)
-        ctx.save_for_backward(x, w_ih, mask)
+        ctx.save_for_backward(x, w_ih, b_ih, mask)
         ctx.has_bias = b_ih is not None
         ctx.lowp = lowp
         return gi
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dgi: torch.Tensor):  # type: ignore[override]
-        x, w_ih, mask = ctx.saved_tensors
+        if needs_recompute(dgi):
+            create_graph = torch.is_grad_enabled()
+            x, w_ih, b_ih, mask = ctx.saved_tensors
+            with torch.enable_grad():
+                gi = input_projection(x, w_ih, b_ih, mask)
+            return (*recompute_grads((gi,), (x, w_ih, b_ih), (dgi,), create_graph), None, None)
+        return MaskedProjection._backward(ctx, dgi)
+
+    @staticmethod
+    @once_differentiable
+    def _backward(ctx: Any, dgi: torch.Tensor):
+        x, w_ih, _, mask = ctx.saved_tensors
         t, b, i = x.shape
         gh = w_ih.shape[0]
         blocks = 1 if mask is None else mask.shape[0]
@@ -250,6 +344,7 @@ class FusedDirection(torch.autograd.Function):
         zc: torch.Tensor | None,
         opts: KernelOptions,
         save: bool,
+        recompute: Recompute | None = None,
     ) -> tuple[torch.Tensor, ...]:
         out, h_t, c_t, s_buf, c_buf, ga, ghn, c_raw = ops.forward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
@@ -260,14 +355,26 @@ class FusedDirection(torch.autograd.Function):
         # bf16 gi (autocast): the per-step products and the weight gradient run in bf16 too.
         ctx.lowp = gi.dtype == torch.bfloat16 and h0.dtype == torch.float32
         if save:
-            ctx.save_for_backward(h0, c0, w_hh, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw)
+            ctx.save_for_backward(h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga,
+                                  ghn, c_raw)
         ctx.saved = save
+        # For second derivatives: gi itself (the graph node; its buffer is reused later) and how to recompute it.
+        ctx.gi, ctx.recompute = gi, recompute
         return (out, h_t) if c_t is None else (out, h_t, c_t)
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor, dc_t: torch.Tensor | None = None):  # type: ignore[override]
-        refuse_double_backward("fused kernel")
+        if needs_recompute(dout, dh_t, dc_t):
+            return FusedDirection._recomputed_backward(ctx, dout, dh_t, dc_t)
         return FusedDirection._backward(ctx, dout, dh_t, dc_t)
+
+    @staticmethod
+    def _recomputed_backward(ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor, dc_t: torch.Tensor | None):
+        if ctx.recompute is None:
+            raise RuntimeError("rnndrop fused kernel: a second derivative needs the call's inputs, which were not kept")
+        grads = ctx.recompute.backward(ctx.gi, ctx.saved_tensors[:10], (dout, dh_t, dc_t), ctx.opts.reverse,
+                                       ctx.opts.zero_fill)
+        return (*grads, None, None, None, None, None, None, None, None)
 
     @staticmethod
     @once_differentiable
@@ -275,13 +382,13 @@ class FusedDirection(torch.autograd.Function):
         if not ctx.saved:
             raise RuntimeError("rnndrop fused kernel: backward through a forward run without saved activations")
         opts: KernelOptions = ctx.opts
-        h0, c0, w_hh, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw = ctx.saved_tensors
+        h0, c0, w_hh, _, _, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw = ctx.saved_tensors
         dgi, dh0, dc0, dw, db_hh, db_ih = ops.backward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, ctx.lowp,
             h0, c0, w_hh, ctx.has_bias, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw,
             dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),
         )
-        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None, None, None, None
+        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None, None, None, None, None
 
 
 # (gi, h0, c0, w_hh, b_hh, rmask, steps), see prepare_direction.
@@ -377,5 +484,6 @@ def fused_run_direction(
         out, h_t, c_t = ops.forward(opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
                                     False, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc)[:3]
         return out, ((h_t,) if c_t is None else (h_t, c_t))
-    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save)
+    recompute = Recompute(cfg, x, params.w_ih, masks.input)
+    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save, recompute)
     return outs[0], tuple(outs[1:])

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._runtime import is_compiling
 from . import loader
 
 _NAMESPACE = "rnndrop"
@@ -148,17 +149,13 @@ def register() -> bool:
     return True
 
 
-def _is_compiling() -> bool:
-    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
-
-
 # Eagerly the extension is called directly: the custom op's Python dispatch (torch.library's autograd
 # and functorch layers) costs about 80 µs per call, as much as a whole small-sequence kernel call. Under
 # torch.compile the op is what Dynamo traces (one graph node with a fake implementation).
 def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
     """The extension's ``forward`` (same arguments); the op while compiling; ``None`` for outputs not made."""
     mode, reset_after, save, steps, zh, zc = args[0], args[3], args[6], args[14], args[16], args[17]
-    if _registered and _is_compiling():
+    if _registered and is_compiling():
         outs = torch.ops.rnndrop.fused_forward(*args)
         return as_optional(outs, present_forward(mode, reset_after, save, steps is not None, zh is not None,
                                                  zc is not None))
@@ -168,7 +165,7 @@ def forward(*args: object) -> tuple[torch.Tensor | None, ...]:
 def backward(*args: object) -> tuple[torch.Tensor | None, ...]:
     """The extension's ``backward`` (same arguments); the op while compiling; ``None`` for grads not made."""
     mode, has_bias = args[0], args[10]
-    if _registered and _is_compiling():
+    if _registered and is_compiling():
         return as_optional(torch.ops.rnndrop.fused_backward(*args), present_backward(mode, has_bias))
     return tuple(_ext().backward(*args))
 
@@ -177,28 +174,6 @@ def cpu_has_bf16() -> bool:
     """Whether the loaded extension runs bf16 (autocast) on this CPU (AVX512_BF16); False without it."""
     ext = loader.load()
     return bool(ext is not None and hasattr(ext, "cpu_has_bf16") and ext.cpu_has_bf16())
-
-
-def clear_packed_weights() -> None:
-    """Forget the fused kernel's cached packed ``W_hh`` (needed only after writing a weight through ``.data``).
-
-    The kernel keeps the packed form of each recurrent weight across calls, keyed on the weight's
-    version counter and storage: optimizer steps, ``load_state_dict`` and in-place updates under
-    ``torch.no_grad()`` invalidate it by themselves. Writes through ``weight.data`` bypass the
-    version counter (as they bypass autograd); call this after them.
-    """
-    ext = loader.load()
-    if ext is not None and hasattr(ext, "clear_packed_weights"):
-        ext.clear_packed_weights()
-
-
-def packed_weight_stats() -> tuple[int, int, int]:
-    """``(hits, misses, entries)`` of the packed-``W_hh`` cache in this process (for tests and profiling)."""
-    ext = loader.load()
-    if ext is None or not hasattr(ext, "packed_weight_stats"):
-        return (0, 0, 0)
-    hits, misses, entries = ext.packed_weight_stats()
-    return int(hits), int(misses), int(entries)
 
 
 @torch.compiler.assume_constant_result

@@ -39,11 +39,12 @@ from pathlib import Path
 
 import torch
 
+from .._runtime import cpu_autocast_dtype, is_compiling, under_functorch
 from ..errors import KernelFallbackWarning, KernelUnavailableError
 from ..masks import DropoutMasks
 from ..reference import CellConfig, DirectionParams, run_stack
 from . import loader, ops, triton_autograd
-from .autograd import ACTIVATION_CODES, cpu_autocast_dtype, fused_run_direction
+from .autograd import CPU_ACTIVATIONS, TRITON_ACTIVATIONS, fused_run_direction
 from .torch_native import torch_ineligible, torch_run_stack
 from .triton_autograd import triton_run_direction
 
@@ -61,6 +62,12 @@ _KNOWN_CELL_FIELDS = {"mode", "activation", "recurrent_activation", "reset_after
 _TRITON_MASK_FIELDS = frozenset({"input", "recurrent", "weight_hh"})
 _CPU_MASK_FIELDS = _TRITON_MASK_FIELDS | {"candidate", "zoneout_h", "zoneout_c"}
 _KNOWN_PARAM_FIELDS = {"w_ih", "w_hh", "b_ih", "b_hh", "w_hr"}
+
+# Parameter dtypes the fused CPU kernel runs by computing in float32: every state, product and
+# element-wise step is float32 (more accurate than the reference loop's own bf16 / fp16 arithmetic,
+# which rounds after every operation); inputs, parameters and masks are widened exactly, outputs and
+# final states rounded back once; gradients reach the low-precision parameters through the casts.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,8 @@ def _unknown_options(call: Call, known_masks: frozenset[str], kernel: str) -> st
 
 
 def _kernel_ineligible(
-    call: Call, kernel: str, dtypes: tuple[torch.dtype, ...], known_masks: frozenset[str]
+    call: Call, kernel: str, dtypes: tuple[torch.dtype, ...], known_masks: frozenset[str],
+    activations: frozenset[str],
 ) -> str | None:
     """The checks every compiled kernel shares: cells, activations, options, dtypes, one device."""
     cfg, x = call.cfg, call.x
@@ -124,11 +132,11 @@ def _kernel_ineligible(
     if x.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         return f"dtype {x.dtype} is not supported by the {kernel} ({names} are)"
-    if cfg.activation not in ACTIVATION_CODES:
-        return f"activation {cfg.activation!r} is not implemented by the {kernel} ({sorted(ACTIVATION_CODES)} are)"
-    if cfg.mode != "RNN" and cfg.recurrent_activation not in ACTIVATION_CODES:
+    if cfg.activation not in activations:
+        return f"activation {cfg.activation!r} is not implemented by the {kernel} ({sorted(activations)} are)"
+    if cfg.mode != "RNN" and cfg.recurrent_activation not in activations:
         return (f"recurrent_activation {cfg.recurrent_activation!r} is not implemented by the {kernel} "
-                f"({sorted(ACTIVATION_CODES)} are)")
+                f"({sorted(activations)} are)")
     reason = _unknown_options(call, known_masks, kernel)
     if reason is not None:
         return reason
@@ -148,6 +156,9 @@ def _kernel_ineligible(
                         return "dropout masks that require grad run on the reference path"
                     tensors.append(t)
         tensors += [t for t in call.masks.between if t is not None]
+    if under_functorch(*tensors, x):
+        return (f"torch.func transforms (grad, vjp, jacrev, vmap) run the reference loop: the {kernel} reads "
+                "raw tensor memory, which functorch's wrapped tensors do not have")
     for t in tensors:
         if t.device != x.device:
             return f"a parameter, state or mask is on {t.device}, the input on {x.device}"
@@ -176,7 +187,9 @@ def cpu_ineligible(call: Call) -> str | None:
             return "CPU autocast to bfloat16 needs AVX512_BF16 on this CPU (it has none); reference path"
     if any((p.b_ih is None) != (p.b_hh is None) for layer in call.params for p in layer):
         return "only one of b_ih / b_hh is given (the fused kernel takes both or neither)"
-    return _kernel_ineligible(call, "fused kernel", (torch.float32, torch.float64), _CPU_MASK_FIELDS)
+    # bf16 / fp16 parameters (model.to(torch.bfloat16)) are computed in float32 (fused_run_stack).
+    dtypes = (torch.float32, torch.float64) if lowp is not None else (torch.float32, torch.float64, *LOW_PRECISION)
+    return _kernel_ineligible(call, "fused kernel", dtypes, _CPU_MASK_FIELDS, CPU_ACTIVATIONS)
 
 
 def triton_ineligible(call: Call) -> str | None:
@@ -196,7 +209,8 @@ def triton_ineligible(call: Call) -> str | None:
         return reason
     if call.x.shape[1] == 0:
         return "empty batch (nothing to launch)"
-    return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64), _TRITON_MASK_FIELDS)
+    return _kernel_ineligible(call, "Triton kernel", (torch.float32, torch.float64), _TRITON_MASK_FIELDS,
+                              TRITON_ACTIVATIONS)
 
 
 def _backward_follows(call: Call) -> bool:
@@ -224,7 +238,7 @@ def torch_yields(call: Call) -> str | None:
     (benchmarks/bench_cpu.py: fused 0.91-1.16x torch.nn bf16): it stays on torch's.
     CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
     """
-    if call.x.device.type != "cpu" or _is_compiling():  # under compile torch's entry refuses the call anyway
+    if call.x.device.type != "cpu" or is_compiling():  # under compile torch's entry refuses the call anyway
         return None
     backward = _backward_follows(call)
     if call.x.dtype == torch.float64:
@@ -252,16 +266,37 @@ def torch_yields(call: Call) -> str | None:
 _SINGLE_THREAD_LSTM_WORK = 3 << 20
 
 
+def fused_run_stack(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    init_states: Sequence[torch.Tensor],
+    params: Sequence[Sequence[DirectionParams]],
+    masks: DropoutMasks | None,
+    step_mask: torch.Tensor | None,
+    zero_masked_output: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:func:`rnndrop.reference.run_stack` on the fused CPU kernel; low-precision parameters in float32."""
+    if x.dtype not in LOW_PRECISION:
+        return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output,
+                         direction_fn=fused_run_direction)
+    dtype, wide = x.dtype, torch.float32
+
+    def widen(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(wide)
+
+    wide_params = [[DirectionParams(*(widen(getattr(p, f.name)) for f in dataclasses.fields(p))) for p in layer]
+                   for layer in params]
+    out, finals = run_stack(cfg, x.to(wide), [s.to(wide) for s in init_states], wide_params,
+                            None if masks is None else masks.to(wide), step_mask, zero_masked_output,
+                            direction_fn=fused_run_direction)
+    return out.to(dtype), tuple(f.to(dtype) for f in finals)
+
+
 KERNELS: tuple[Kernel, ...] = (
     Kernel("torch", torch_ineligible, torch_run_stack, torch_yields),
-    Kernel("fused", cpu_ineligible, functools.partial(run_stack, direction_fn=fused_run_direction)),
+    Kernel("fused", cpu_ineligible, fused_run_stack),
     Kernel("triton", triton_ineligible, functools.partial(run_stack, direction_fn=triton_run_direction)),
 )
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling()) if is_compiling is not None else False
-
 
 _warned_unavailable = False  # the CPU extension is missing (CPU tensors)
 _warned_triton = False  # triton is missing or too old (CUDA tensors)
@@ -349,20 +384,51 @@ def select_stack_fn(
             _warn_missing_cpu_kernel(x, "torch's own kernel", str(yield_reason))
             return yielded.stack_fn, yielded.name, None
         reasons.insert(0, f"{yielded.name}: {reason}")  # the registry's order, as in the message before
-    why = "; ".join(reasons)
+    # A kernel for another device says nothing about this call (e.g. Triton's "input is on cpu"): left out
+    # unless it is the only reason there is.
+    relevant = [r for r in reasons if ": input is on " not in r] or reasons
+    why = "; ".join(relevant)
     if allowed is not None:
         raise KernelUnavailableError(f"backend={backend!r} cannot run this call: {why}")
-    # One warning per process when the implementation for the input's device is missing altogether
-    # (not for calls a present kernel merely does not support: their reason is in last_backend_reason).
-    # Not while torch.compile traces: Dynamo cannot trace warnings.warn (fullgraph would fail); the next
-    # eager call warns instead.
-    if _is_compiling():
+    # One warning per process when the implementation for the input's device is missing altogether, and
+    # one per process and reason when a present kernel does not support the call (the reason is also in
+    # last_backend_reason). Not while torch.compile traces: Dynamo cannot trace warnings.warn (fullgraph
+    # would fail); the next eager call warns instead.
+    if is_compiling():
         return run_stack, "reference", why
-    _warn_missing_cpu_kernel(x, "the reference path", FALLBACK_COST)
-    if x.device.type == "cuda" and not _warned_triton:
-        missing = triton_autograd.unavailable_reason("cuda")
-        if missing is not None:
+    if x.device.type == "cpu" and not loader.disabled() and loader.unavailable_reason() is not None:
+        _warn_missing_cpu_kernel(x, "the reference path", FALLBACK_COST)
+    elif x.device.type == "cuda" and triton_autograd.unavailable_reason("cuda") is not None:
+        if not _warned_triton:
             _warned_triton = True
-            warnings.warn(f"rnndrop: using the slower reference path on CUDA because {missing}",
+            warnings.warn(f"rnndrop: using the slower reference path on CUDA because "
+                          f"{triton_autograd.unavailable_reason('cuda')}",
                           KernelFallbackWarning, stacklevel=_user_stacklevel())
+    elif not loader.disabled():
+        _warn_unsupported(cfg, why)
     return run_stack, "reference", why
+
+
+# Reasons a present kernel refuses a call, and what a user can change to get a compiled kernel again.
+_ADVICE = (
+    ("proj_size", "torch's kernel runs proj_size with batch-wide masks (mask_scope='batch') or without "
+                  "per-sample masks"),
+    ("activation", f"the fused kernel implements {', '.join(sorted(CPU_ACTIVATIONS))}"),
+    ("autocast", "without autocast the fused float32 kernel runs the call"),
+    ("torch.func", "only the reference loop runs under torch.func transforms"),
+)
+_warned_reasons: set[str] = set()
+
+
+def _warn_unsupported(cfg: CellConfig, why: str) -> None:
+    """Once per process and reason, at the user's line: this call runs the reference loop, and what it costs."""
+    if why in _warned_reasons:
+        return
+    _warned_reasons.add(why)
+    advice = next((a for key, a in _ADVICE if key in why), "")
+    warnings.warn(
+        f"rnndrop: this {cfg.mode} call runs the pure-PyTorch reference loop ({why}). Cost: {FALLBACK_COST}."
+        + (f" To change it: {advice}." if advice else "") + f" {SILENCE_HINT}.",
+        KernelFallbackWarning,
+        stacklevel=_user_stacklevel(),
+    )

@@ -28,15 +28,12 @@ import torch
 from torch import _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .._runtime import cpu_autocast_dtype, is_compiling
 from ..cells import drop_weight
 from ..masks import DirectionMasks, DropoutMasks
 from ..reference import CellConfig, DirectionParams
 
 _FOLDABLE_MASKS = {"input", "recurrent"}
-
-
-def _is_compiling() -> bool:
-    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
 
 
 def _cell_reason(cfg: CellConfig) -> str | None:
@@ -53,6 +50,25 @@ def _cell_reason(cfg: CellConfig) -> str | None:
             return f"RNN nonlinearity {cfg.activation!r} has no torch kernel (tanh, relu have)"
     else:
         return f"mode {cfg.mode!r} has no torch kernel"
+    return None
+
+
+def _cpu_autocast_reason(cfg: CellConfig, x: torch.Tensor) -> str | None:
+    """torch's CPU LSTM under autocast runs oneDNN's low-precision LSTM, which some CPUs lack.
+
+    Without AVX512_BF16 (e.g. AMD Zen 3, most AVX2 machines) torch.nn.LSTM under bf16 autocast raises
+    "could not create a primitive descriptor for the LSTM forward propagation primitive" (torch 2.13):
+    such calls go to rnndrop's own paths instead. GRU and RNN are ATen loops there and run anywhere.
+    """
+    if x.device.type != "cpu" or cfg.mode != "LSTM":
+        return None
+    lowp = cpu_autocast_dtype()
+    if lowp is None:
+        return None
+    supported = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    check = getattr(torch.ops.mkldnn, supported.get(lowp, ""), None)
+    if check is None or not check():
+        return f"oneDNN has no {lowp} LSTM on this CPU (torch's LSTM under CPU autocast would raise)"
     return None
 
 
@@ -98,13 +114,13 @@ def torch_ineligible(call) -> str | None:  # call: registry.Call (not imported: 
     cfg, x = call.cfg, call.x
     if x.device.type not in ("cpu", "cuda"):
         return f"input is on {x.device}"
-    if _is_compiling():
+    if is_compiling():
         # Dynamo graph-breaks on torch's RNN ops (torch._dynamo.config.allow_rnn is off by default);
         # the fused kernel is a custom op that stays in the graph.
         return "under torch.compile torch's RNN kernels break the graph"
     if x.dtype not in (torch.float32, torch.float64):
         return f"dtype {x.dtype} (float32, float64 are taken by torch's kernel)"
-    reason = _cell_reason(cfg)
+    reason = _cell_reason(cfg) or _cpu_autocast_reason(cfg, x)
     if reason is not None:
         return reason
     for layer in call.params:
@@ -117,6 +133,11 @@ def torch_ineligible(call) -> str | None:  # call: registry.Call (not imported: 
     tensors = list(call.init_states)
     if any(t.dtype != x.dtype or t.device != x.device for t in tensors):
         return "a state's dtype or device differs from the input's"
+    if torch._C._functorch.is_batchedtensor(x) or any(
+        torch._C._functorch.is_batchedtensor(t) for layer in call.params for p in layer
+        for t in (p.w_ih, p.w_hh) if t is not None
+    ):
+        return "torch's RNN kernels have no vmap batching rule (torch.nn raises under vmap)"
     reason = _mask_reason(call.masks, len(call.params[0]) == 2)
     if reason is not None:
         return reason

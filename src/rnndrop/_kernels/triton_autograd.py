@@ -48,7 +48,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import NUM_GATES
 from ..masks import DirectionMasks
 from ..reference import CellConfig, DirectionParams, State
-from .autograd import MODES, KernelOptions, prepare_direction, refuse_double_backward
+from .autograd import MODES, KernelOptions, Recompute, needs_recompute, prepare_direction
 
 MIN_TRITON: tuple[int, int] = (3, 6)  # the oldest triton the kernels are tested with (issue 7)
 INSTALL_HINT = "pip install 'triton>=3.6' (Linux x86-64; CUDA wheels of torch bring it)"
@@ -291,7 +291,7 @@ def _backward(K: ModuleType, ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor,
     opts: KernelOptions = ctx.opts
     lay: _Layout = ctx.lay
     mm_dtype: torch.dtype = ctx.mm_dtype
-    w_hh, rmask, steps, S, C, GA, GHN = ctx.saved_tensors
+    w_hh, rmask, steps, S, C, GA, GHN = ctx.saved_tensors[:7]
     T, B, H, N, G, GH, ng = lay.T, lay.B, lay.H, lay.N, lay.G, lay.GH, lay.ng
     ct = S.dtype
     dev = S.device
@@ -387,6 +387,7 @@ class TritonDirection(torch.autograd.Function):
         opts: KernelOptions,
         save: bool,
         mm_dtype: torch.dtype,
+        recompute: Recompute | None = None,
     ) -> tuple[torch.Tensor, ...]:
         K = kernels()
         assert K is not None, "TritonDirection called without triton (the registry must prevent this)"
@@ -395,13 +396,22 @@ class TritonDirection(torch.autograd.Function):
         ctx.opts, ctx.lay, ctx.mm_dtype, ctx.saved = opts, r["lay"], mm_dtype, save
         ctx.has_bias, ctx.gi_dtype = b_hh is not None, gi.dtype
         if save:
-            ctx.save_for_backward(w_hh, rmask, steps, r["S"], r["C"], r["GA"], r["GHN"])
+            ctx.save_for_backward(w_hh, rmask, steps, r["S"], r["C"], r["GA"], r["GHN"], h0, c0, b_hh)
+        # For second derivatives (see rnndrop._kernels.autograd.Recompute).
+        ctx.gi, ctx.recompute = gi, recompute
         outs = (r["out"], r["h"]) if r["c"] is None else (r["out"], r["h"], r["c"])
         return outs
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor, dh_t: torch.Tensor, dc_t: torch.Tensor | None = None):  # type: ignore[override]
-        refuse_double_backward("Triton kernel")
+        if needs_recompute(dout, dh_t, dc_t):
+            if ctx.recompute is None:
+                raise RuntimeError("rnndrop Triton kernel: a second derivative needs the call's inputs, which were "
+                                   "not kept")
+            w_hh, rmask, steps, *_, h0, c0, b_hh = ctx.saved_tensors
+            tensors = (h0, c0, w_hh, b_hh, None, rmask, steps, None, None, None)
+            grads = ctx.recompute.backward(ctx.gi, tensors, (dout, dh_t, dc_t), ctx.opts.reverse, ctx.opts.zero_fill)
+            return (*grads[:5], None, None, None, None, None, None)
         return TritonDirection._backward(ctx, dout, dh_t, dc_t)
 
     @staticmethod
@@ -412,7 +422,7 @@ class TritonDirection(torch.autograd.Function):
         K = kernels()
         with _on_device(dout.device):
             grads = _backward(K, ctx, dout, dh_t, dc_t)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def triton_run_direction(
@@ -431,5 +441,6 @@ def triton_run_direction(
     """
     tensors, opts, save = prepare_direction(cfg, x, state, params, masks, step_mask, reverse, zero_masked_output)
     mm_dtype = _autocast_dtype(x.device.type, params.w_hh.dtype)
-    outs = TritonDirection.apply(*tensors, opts, save, mm_dtype)
+    recompute = Recompute(cfg, x, params.w_ih, masks.input, params.b_ih)
+    outs = TritonDirection.apply(*tensors, opts, save, mm_dtype, recompute)
     return outs[0], tuple(outs[1:])

@@ -38,15 +38,23 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
+// The float32 micro-kernel exists for AVX-512 (6 x 64 tiles in zmm registers) and for AVX2 + FMA
+// (6 x 16 tiles in ymm registers: AMD Zen 1-3, Intel client CPUs since Alder Lake, most laptops);
+// the bf16 micro-kernel (autocast) needs AVX512_BF16 and is compiled for AVX-512 builds only.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define RNNDROP_MICROKERNEL 1
+#define RNNDROP_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define RNNDROP_MICROKERNEL 1
+#define RNNDROP_AVX512 0
 #else
 #define RNNDROP_MICROKERNEL 0
+#define RNNDROP_AVX512 0
 #endif
 
 namespace rnndrop {
@@ -54,7 +62,7 @@ namespace rnndrop {
 using at::Tensor;
 
 enum Mode : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2 };
-enum Act : int64_t { kTanh = 0, kSigmoid = 1, kRelu = 2, kLinear = 3 };
+enum Act : int64_t { kTanh = 0, kSigmoid = 1, kRelu = 2, kLinear = 3, kHardSigmoid = 4 };
 
 // ---------------------------------------------------------------- element-wise helpers
 
@@ -104,6 +112,10 @@ void activate(int64_t act, T* x, int64_t n) {
     case kRelu:
       apply([](V a) { return at::vec::clamp_min(a, V(T(0))); });
       break;
+    case kHardSigmoid:
+      // Keras 3 (rnndrop.activations): clamp(x / 6 + 1/2, 0, 1), divided as the reference divides.
+      apply([](V a) { return at::vec::clamp(a / V(T(6)) + V(T(0.5)), V(T(0)), V(T(1))); });
+      break;
     default:
       break;  // linear
   }
@@ -125,6 +137,13 @@ void act_grad(int64_t act, const T* __restrict y, T* __restrict g, int64_t n) {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) g[j] = y[j] > T(0) ? g[j] : T(0);
       break;
+    case kHardSigmoid:
+      // 1/6 inside the linear part. From the output alone the two ends are ambiguous: an output of
+      // exactly 0 or 1 counts as clamped (torch's clamp passes the gradient at a pre-activation of exactly
+      // -3 or 3, a set of measure zero).
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] = (y[j] > T(0) && y[j] < T(1)) ? g[j] / T(6) : T(0);
+      break;
     default:
       break;
   }
@@ -145,19 +164,24 @@ Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 // ---------------------------------------------------------------- the per-step matmul
 //
 // Every per-step product is C (rows, N) = A (rows, K; row stride lda) @ B (K, N) with B a block of
-// W_hh (transposed in the forward). For float32 on AVX-512 B is packed once per call into
-// zero-padded panels of 64 columns, panel-major ([panel][k][64]), and a register-blocked
-// micro-kernel computes 6 x 64 tiles (24 zmm accumulators; B streams from L1/L2, A is broadcast).
-// The batch block of one thread is small (M = 8..32 rows), where BLAS runs well below peak
-// and pays a call overhead every step. Other dtypes / ISAs use at::mm on a view of W.
+// W_hh (transposed in the forward). For float32 B is packed once per call into zero-padded panels
+// of kPanel columns, panel-major ([panel][k][kPanel]), and a register-blocked micro-kernel computes
+// 6 x kPanel tiles (AVX-512: 6 x 64, 24 zmm accumulators; AVX2: 6 x 16, 12 ymm accumulators, the
+// tile of BLIS's Haswell kernel); B streams from L1/L2, A is broadcast. The batch block of one
+// thread is small (M = 8..32 rows), where BLAS runs well below peak and pays a call overhead every
+// step. Other dtypes / ISAs use at::mm on a view of W.
 
+#if RNNDROP_AVX512
 constexpr int64_t kPanel = 64;  // columns per packed panel (4 zmm)
+#else
+constexpr int64_t kPanel = 16;  // columns per packed panel (2 ymm)
+#endif
 constexpr int64_t kRows = 6;    // rows per micro-tile
 
 template <typename T>
 struct Operand {
   Tensor mat;        // (K, N) view of W_hh (for at::mm)
-  Tensor packed;     // float32: (ceil(N/64) * K * 64) panels, or undefined
+  Tensor packed;     // float32: (ceil(N/kPanel) * K * kPanel) panels, or undefined
   Tensor packed_lp;  // bf16 (low-precision mode): (ceil(N/64) * ceil(K/2) * 64 * 2) k-pair panels, or undefined
   int64_t K = 0, N = 0;
 };
@@ -168,7 +192,7 @@ constexpr int64_t tile_rows(int64_t left) {
   return left <= kRows ? left : left >= kRows + 4 ? kRows : (left + 1) / 2;
 }
 
-#if RNNDROP_MICROKERNEL
+#if RNNDROP_AVX512
 template <int MR>
 inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const float* __restrict bp,
                        float* __restrict c, int64_t ldc, int64_t ncols) {
@@ -204,7 +228,45 @@ inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const 
     }
   }
 }
+#elif RNNDROP_MICROKERNEL
+// AVX2 + FMA: 6 rows x 16 columns (2 ymm per row); 12 accumulators + 2 B vectors + 1 broadcast of
+// the 16 ymm registers.
+template <int MR>
+inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const float* __restrict bp,
+                       float* __restrict c, int64_t ldc, int64_t ncols) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = bp + k * kPanel;
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+  if (ncols >= 16) {
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+      _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+    }
+    return;
+  }
+  // A partial last panel: store through a lane mask (lanes below `left` are written).
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(ncols)), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(ncols - 8)), lane);
+  for (int r = 0; r < MR; ++r) {
+    _mm256_maskstore_ps(c + r * ldc, m0, acc[r][0]);
+    _mm256_maskstore_ps(c + r * ldc + 8, m1, acc[r][1]);
+  }
+}
+#endif
 
+#if RNNDROP_MICROKERNEL
 inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, const Operand<float>& b,
                         int64_t ldc = -1) {
   const int64_t K = b.K, N = b.N, panels = (N + kPanel - 1) / kPanel;
@@ -236,6 +298,9 @@ inline void gemm_packed(float* c, const float* a, int64_t rows, int64_t lda, con
 // or the gate gradients in the backward) is rounded to bf16 (round to nearest even, as torch)
 // into a per-thread buffer each step; the product comes back in float32, unrounded.
 // Compiled for the AVX512_BF16 target only here; callers check cpu_has_bf16() at run time.
+#endif  // RNNDROP_MICROKERNEL
+
+#if RNNDROP_AVX512
 #define RNNDROP_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 template <int MR>
@@ -335,7 +400,7 @@ inline void widen_row_bf16(float* dst, const at::BFloat16* src, int64_t n) {
 
 // Whether this CPU runs the bf16 micro-kernel (AVX512_BF16: AMD Zen 4, Intel Cooper Lake / Sapphire Rapids+).
 bool cpu_has_bf16() {
-#if RNNDROP_MICROKERNEL
+#if RNNDROP_AVX512
   static const bool yes = __builtin_cpu_supports("avx512bf16");
   return yes;
 #else
@@ -343,77 +408,14 @@ bool cpu_has_bf16() {
 #endif
 }
 
-// ---------------------------------------------------------------- packed-weight cache
+// ---------------------------------------------------------------- packing
 //
-// Inference calls the kernel again and again with the same W_hh (Monte-Carlo dropout, serving):
-// its packed panels are kept across calls, keyed on the weight tensor itself — a weak reference to
-// its TensorImpl (so a freed weight's address can never be mistaken for a new one), its version
-// counter (bumped by every in-place change: an optimizer step, load_state_dict's copy_, any
-// `with torch.no_grad(): w.add_(...)`) and its data pointer (bumped by `.set_()`/ `.data =`).
-// Only leaf tensors that require grad are cached (parameters), never per-call temporaries such as
-// a DropConnect-folded weight. Writes through `w.data` bypass the version counter — exactly as
-// they bypass autograd — and are not seen: call rnndrop's clear_packed_weights() after them.
-// A handful of entries, least recently used first out; a mutex serialises concurrent callers.
-
-struct PackEntry {
-  c10::weak_intrusive_ptr<c10::TensorImpl> weight;
-  uint32_t version;
-  const void* data;
-  int64_t key;  // which block / orientation / precision of W_hh
-  Tensor packed;
-};
-
-constexpr size_t kPackCacheEntries = 16;
-std::mutex pack_mutex;
-std::vector<PackEntry> pack_cache;  // most recently used last
-int64_t pack_hits = 0, pack_misses = 0;
-
-bool cacheable(const Tensor& w) { return w.defined() && w.is_leaf() && w.requires_grad() && !w.is_inference(); }
-
-// The packed form of `w` for `key`, from the cache or made by `make` (and cached when cacheable).
-template <typename Make>
-Tensor cached_pack(const Tensor& w, int64_t key, Make make) {
-  if (!cacheable(w)) return make();
-  c10::TensorImpl* impl = w.unsafeGetTensorImpl();
-  const uint32_t version = impl->version_counter().current_version();
-  const void* data = w.data_ptr();
-  {
-    std::lock_guard<std::mutex> lock(pack_mutex);
-    for (size_t i = 0; i < pack_cache.size(); ++i) {
-      PackEntry& e = pack_cache[i];
-      if (e.key == key && e.weight._unsafe_get_target() == impl && !e.weight.expired() && e.version == version &&
-          e.data == data) {
-        Tensor hit = e.packed;
-        std::rotate(pack_cache.begin() + i, pack_cache.begin() + i + 1, pack_cache.end());
-        ++pack_hits;
-        return hit;
-      }
-    }
-    ++pack_misses;
-  }
-  Tensor packed = make();
-  std::lock_guard<std::mutex> lock(pack_mutex);
-  // Drop entries whose weight is gone or has changed since, then the oldest beyond the limit.
-  pack_cache.erase(std::remove_if(pack_cache.begin(), pack_cache.end(),
-                                  [&](const PackEntry& e) {
-                                    return e.weight.expired() ||
-                                           (e.weight._unsafe_get_target() == impl && e.key == key);
-                                  }),
-                   pack_cache.end());
-  if (pack_cache.size() >= kPackCacheEntries) pack_cache.erase(pack_cache.begin());
-  pack_cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, data, key, packed});
-  return packed;
-}
-
-void clear_packed_weights() {
-  std::lock_guard<std::mutex> lock(pack_mutex);
-  pack_cache.clear();
-}
-
-std::vector<int64_t> packed_weight_stats() {
-  std::lock_guard<std::mutex> lock(pack_mutex);
-  return {pack_hits, pack_misses, static_cast<int64_t>(pack_cache.size())};
-}
+// The packed panels of W_hh (and of W_ih for the input projection) are made afresh by every call,
+// from the weight as it is at that moment: nothing is kept across calls. A cache keyed on the
+// tensor (identity, version counter, data pointer) was here until 2026-12: writes through `w.data`
+// (manual SGD, EMA, nn.init on `.data`) move none of those, so it computed with stale weights, and
+// its weak references blocked torch.utils.swap_tensors. Packing reads G*H*H values once per call
+// against the recurrence's T*B*G*H*H multiply-adds: its measured cost is in docs/benchmarks.md.
 
 // Pack mat (K, N), any strides, into zero-padded panel-major form.
 inline Tensor pack_panels(const Tensor& mat) {
@@ -429,6 +431,7 @@ inline Tensor pack_panels(const Tensor& mat) {
 }
 
 // Pack mat (K, N) float32, any strides, into zero-padded bf16 k-pair panels ([panel][k/2][64][2]).
+#if RNNDROP_AVX512
 inline Tensor pack_panels_bf16(const Tensor& mat) {
   const int64_t K = mat.size(0), N = mat.size(1), KP = (K + 1) / 2, panels = (N + kPanel - 1) / kPanel;
   Tensor out = at::zeros({panels * KP * kPanel * 2}, mat.options().dtype(at::kBFloat16));
@@ -441,22 +444,25 @@ inline Tensor pack_panels_bf16(const Tensor& mat) {
         o[((p * KP + k / 2) * kPanel + (n - p * kPanel)) * 2 + (k & 1)] = at::BFloat16(m[k * sk + n * sn]);
   return out;
 }
+#endif
 
-// `origin` is the weight as the caller passed it (the cache's key, see above) and `key` names the block
-// of it that `mat` views; pass an undefined `origin` to skip the cache.
+// The operand B = mat (K, N) of the per-step products: packed for the micro-kernel (float32), in
+// bf16 k-pair panels under autocast (lowp), else a view for at::mm.
 template <typename T>
-Operand<T> make_operand(const Tensor& mat, bool lowp, const Tensor& origin = Tensor(), int64_t key = 0) {
+Operand<T> make_operand(const Tensor& mat, bool lowp) {
   Operand<T> op;
   op.mat = mat;
   op.K = mat.size(0);
   op.N = mat.size(1);
 #if RNNDROP_MICROKERNEL
   if constexpr (std::is_same_v<T, float>) {
+#if RNNDROP_AVX512
     if (lowp) {
-      op.packed_lp = cached_pack(origin, key * 2 + 1, [&] { return pack_panels_bf16(mat); });
-    } else {
-      op.packed = cached_pack(origin, key * 2, [&] { return pack_panels(mat); });
+      op.packed_lp = pack_panels_bf16(mat);
+      return op;
     }
+#endif
+    op.packed = pack_panels(mat);
   }
 #endif
   return op;
@@ -468,10 +474,12 @@ void mm_into(T* out, const T* a, int64_t rows, int64_t lda, const Operand<T>& b)
   if (rows == 0) return;
 #if RNNDROP_MICROKERNEL
   if constexpr (std::is_same_v<T, float>) {
+#if RNNDROP_AVX512
     if (b.packed_lp.defined()) {
       gemm_packed_bf16(out, a, rows, lda, b);
       return;
     }
+#endif
     if (b.packed.defined()) {
       gemm_packed(out, a, rows, lda, b);
       return;
@@ -511,7 +519,6 @@ struct Problem {
   ZoneMask<T> zh, zc;       // zoneout weights of h and (LSTM) c; off when p is null
   const bool* steps;
   Tensor w;    // (GH, H)
-  Tensor w_origin;  // w_hh as passed in (not detached): the packed-weight cache's key
   Tensor wT;   // (H, GH) view
   // Matmul operands by (transposed, first gate, gate count): prepared before the parallel region.
   std::map<int64_t, Operand<T>> ops;
@@ -531,7 +538,7 @@ struct Problem {
   const T* m(int64_t g, int64_t b) const { return mask + (g * B + b) * H; }
   // Row (t, b) of gi in T; a bf16 gi is widened into `scratch` (GH values).
   const T* gi_row(int64_t t, int64_t b, T* scratch) const {
-#if RNNDROP_MICROKERNEL
+#if RNNDROP_AVX512
     if constexpr (std::is_same_v<T, float>) {
       if (gi_lp) {
         widen_row_bf16(scratch, gi_lp + (t * B + b) * GH, GH);
@@ -553,7 +560,7 @@ struct Problem {
     auto add = [&](int64_t g0, int64_t n) {
       Tensor blk = (g0 == 0 && n == G) ? w : w.narrow(0, g0 * H, n * H);
       const int64_t key = op_key(trans, g0, n);
-      ops.emplace(key, make_operand<T>(trans ? blk.t() : blk, lowp, w_origin, key));
+      ops.emplace(key, make_operand<T>(trans ? blk.t() : blk, lowp));
     };
     if (Gm == G && G > 1) {
       for (int64_t g = 0; g < ng; ++g) add(g, 1);
@@ -1115,7 +1122,6 @@ Problem<T> make_problem(int64_t mode, int64_t act, int64_t ract, bool reset_afte
   // Detached: the per-step matmuls write into out= views, which autograd would refuse for a
   // weight that requires grad (grad mode is thread-local and on in the worker threads).
   P.w = w_hh.detach();
-  P.w_origin = w_hh;
   P.out = P.S = P.C = P.GA = P.GHN = nullptr;
   return P;
 }
@@ -1341,7 +1347,7 @@ void project_into(const Tensor& x, const Tensor& w, int64_t row0, int64_t rows_w
               "rnndrop project_into: x (M, K) and out (M, G*H) contiguous float32, w (G*H, K), a row block of w");
 #if RNNDROP_MICROKERNEL
   const int64_t M = x.size(0), K = x.size(1), ldc = out.size(1);
-  Operand<float> op = make_operand<float>(w.detach().narrow(0, row0, rows_w).t(), false, w, 1024 + row0);
+  Operand<float> op = make_operand<float>(w.detach().narrow(0, row0, rows_w).t(), false);
   const float* a = x.data_ptr<float>();
   float* c = out.data_ptr<float>() + row0;
   constexpr int64_t kChunk = 48;  // rows per task: 8 micro-tiles over one B panel at a time
@@ -1352,7 +1358,7 @@ void project_into(const Tensor& x, const Tensor& w, int64_t row0, int64_t rows_w
     }
   });
 #else
-  TORCH_CHECK(false, "rnndrop project_into: built without the AVX-512 micro-kernel");
+  TORCH_CHECK(false, "rnndrop project_into: built without the micro-kernel (AVX-512 or AVX2 + FMA)");
 #endif
 }
 
@@ -1419,7 +1425,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("input_projection", &rnndrop::input_projection, "gi = (x * mask_g) @ W_ih[g]^T, functional (for compile)");
   m.def("has_projection", &rnndrop::has_projection, "whether project_into is built (float32 AVX-512)");
   m.def("hashed_bernoulli", &rnndrop::hashed_bernoulli, "zoneout's counter-based Bernoulli draws (see masks.py)");
-  m.def("clear_packed_weights", &rnndrop::clear_packed_weights, "forget every cached packed W_hh");
-  m.def("packed_weight_stats", &rnndrop::packed_weight_stats, "[hits, misses, entries] of the packed-W_hh cache");
-  m.attr("ABI_VERSION") = 2;
+  m.attr("ABI_VERSION") = 3;
 }
