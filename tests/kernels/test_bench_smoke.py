@@ -68,3 +68,22 @@ def test_bench_csv_small_run(tmp_path, capsys, monkeypatch) -> None:
     result = json.loads(out.read_text())
     assert result["rows"] == 1000 and len(result["wall_s"]) == 1 and result["peak_over_file"] > 0
     assert "1000 rows" in capsys.readouterr().out
+
+
+def test_bench_dropin_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
+    path = BENCH.parent / "bench_dropin.py"
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("bench_dropin", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "d.json"
+    assert bench.main(["--config", "tiny", "--pack-config", "tiny", "--repeats", "1", "--warmup", "0",
+                       "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results["low_precision_parameters"]) == {"LSTM bfloat16", "GRU bfloat16", "LSTM float16",
+                                                        "GRU float16"}
+    assert set(results["hard_sigmoid"]) == {"LSTM", "GRU"}
+    for row in results["packing"].values():  # empty where the build has no micro-kernel
+        assert row["share_inference"] > 0 and row["pack forward"] > 0
+    assert "hard_sigmoid" in capsys.readouterr().out

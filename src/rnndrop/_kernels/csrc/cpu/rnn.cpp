@@ -1364,6 +1364,13 @@ void project_into(const Tensor& x, const Tensor& w, int64_t row0, int64_t rows_w
 
 bool has_projection() { return RNNDROP_MICROKERNEL != 0; }
 
+// The panels one call packs for its per-step products, from a float32 W_hh (G*H, H): the forward's W^T
+// (transposed) or the backward's W. For benchmarks/bench_dropin.py, which weighs packing against a call.
+Tensor pack_weight(const Tensor& w, bool transposed) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat, "rnndrop pack_weight: a float32 (G*H, H) matrix");
+  return make_operand<float>(transposed ? w.t() : w, false).packed;
+}
+
 // gi (T, B, G*H) = (x * mask_g) @ W_ih[g]^T for every mask gate g (one block without a mask): the
 // functional form of project_into, for torch.compile's graph (eager calls write a reused buffer).
 Tensor input_projection(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& mask) {
@@ -1423,7 +1430,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_has_bf16", &rnndrop::cpu_has_bf16, "whether this CPU runs the bf16 (autocast) micro-kernel");
   m.def("project_into", &rnndrop::project_into, "out[:, r0:r0+N] <- x @ w[r0:r0+N]^T on the packed micro-kernel");
   m.def("input_projection", &rnndrop::input_projection, "gi = (x * mask_g) @ W_ih[g]^T, functional (for compile)");
-  m.def("has_projection", &rnndrop::has_projection, "whether project_into is built (float32 AVX-512)");
+  m.def("has_projection", &rnndrop::has_projection, "whether project_into is built (float32 AVX-512 or AVX2)");
+  m.def("pack_weight", &rnndrop::pack_weight, "the packed panels of W (transposed: W^T), as one call makes them");
   m.def("hashed_bernoulli", &rnndrop::hashed_bernoulli, "zoneout's counter-based Bernoulli draws (see masks.py)");
   m.attr("ABI_VERSION") = 3;
 }
