@@ -49,6 +49,7 @@ DEFAULT_TESTS = (
     "tests/kernels/test_kernel_gradcheck.py",
     "tests/kernels/test_input_projection.py",
     "tests/kernels/test_weight_writes.py",
+    "tests/kernels/test_weight_dropout_in_kernel.py",
 )
 
 
@@ -94,6 +95,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "                             mat.stride(0), mat.stride(1)};\n"
            "    auto hit = memo.find(key);\n"
            "    op.packed = hit != memo.end() ? hit->second : (memo[key] = pack_panels(mat));\n"),
+    Mutant("dropconnect_weight_grad_unmasked",
+           "with DropConnect drawn in the kernel, dW of the raw W_hh is not multiplied by the mask",
+           "  if (wm.on) mask_weight_grad(dW, wm);",
+           "  // mutant: dW left unmasked"),
+    Mutant("dropconnect_backward_packs_raw_weight",
+           "the backward's products use the raw W_hh instead of the dropped one",
+           "    P.wm = wm;\n    P.prepare(false);",
+           "    P.prepare(false);"),
     Mutant("five_row_tile_as_four",
            "a 5-row remainder tile of the micro-kernel computes only 4 rows",
            "case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;",

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ._kernels import BACKENDS, select_stack_fn
 from ._pickling import GeneratorPicklingMixin
+from ._runtime import is_compiling
 from .activations import resolve_activation
 from .cells import NUM_GATES
 from .errors import (
@@ -589,7 +590,10 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
             # torch.compile cannot trace a torch.Generator (torch 2.13): drawing every mask in one eager call
             # costs one graph break instead of one per mask. Without a generator, sampling stays in the graph.
             sample = spec.sample if gen is None else functools.partial(_sample_outside_graph, spec)
-            masks = None if spec.is_empty() else sample(batch, time, dtype=x.dtype, device=x.device, generator=gen)
+            # DropConnect's mask stays keys for the kernels that draw it themselves; in a compiled graph the
+            # keys would be constants (a recompile per call), so there it is a tensor.
+            masks = None if spec.is_empty() else sample(batch, time, dtype=x.dtype, device=x.device, generator=gen,
+                                                        lazy_weight=not is_compiling())
         else:
             masks = spec.eval_masks(dtype=x.dtype, device=x.device)
 

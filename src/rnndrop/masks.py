@@ -76,7 +76,7 @@ from typing import Literal
 
 import torch
 
-from .counter_rng import Seed, draw_seed, keyed_draws, mask_keys
+from .counter_rng import RESOLUTION, Seed, draw_seed, keyed_draws, mask_keys
 from .errors import RnnDropArgumentTypeError, RnnDropTypeError, RnnDropValueError
 
 GateMasks = Literal["shared", "per_gate"]
@@ -140,6 +140,48 @@ def bernoulli_mask(
     return mask.div_(keep)
 
 
+@dataclass(frozen=True, eq=False)
+class KeyedMask:
+    """DropConnect's weight mask ``(rows, units)`` = ``(G * H, H_out)``, kept as its counter keys until used.
+
+    Element ``(r, c)`` is the counter draw ``(row r, sample 0, unit c)`` of ``keys`` (rnndrop.counter_rng):
+    ``0`` with probability ``p``, else ``1 / (1 - p)``. :meth:`materialize` gives the tensor (what the
+    reference loop and torch's kernel multiply ``W_hh`` by); the fused CPU kernel draws the very same
+    numbers while it packs ``W_hh`` and applies them to ``dW``, so the mask never exists as a tensor
+    there and costs no pass over ``G * H * H_out`` values of its own.
+    """
+
+    keys: tuple[int, int]
+    p: float
+    rows: int
+    units: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.units)
+
+    @property
+    def threshold(self) -> int:
+        """A draw falls below ``p`` when its top 24 bits are below this."""
+        return round(self.p * RESOLUTION)
+
+    @property
+    def scale(self) -> float:
+        """The value of a kept element, ``1 / (1 - p)``."""
+        return 1.0 / (1.0 - self.p)
+
+    def materialize(self) -> torch.Tensor:
+        return keyed_draws(self.keys, self.p, (self.rows, 1, self.units), below=0.0, above=self.scale,
+                           dtype=self.dtype, device=self.device).view(self.rows, self.units)
+
+
+def materialize(mask: torch.Tensor | KeyedMask | None) -> torch.Tensor | None:
+    """A mask as a tensor (a :class:`KeyedMask` drawn now; a tensor or ``None`` as it is)."""
+    return mask.materialize() if isinstance(mask, KeyedMask) else mask
+
+
 @dataclass(frozen=True)
 class DirectionMasks:
     """Masks of one layer and one direction, for one forward call (shapes: module docstring).
@@ -149,7 +191,7 @@ class DirectionMasks:
 
     input: torch.Tensor | None = None
     recurrent: torch.Tensor | None = None
-    weight_hh: torch.Tensor | None = None
+    weight_hh: torch.Tensor | KeyedMask | None = None  # a KeyedMask only inside a layer's own call
     candidate: torch.Tensor | None = None
     zoneout_h: torch.Tensor | None = None
     zoneout_c: torch.Tensor | None = None
@@ -177,8 +219,8 @@ class DropoutMasks:
 
     def to(self, dtype: torch.dtype) -> DropoutMasks:
         """The same masks in ``dtype`` (values unchanged where ``dtype`` holds them: 0, 1/(1-p) as stored)."""
-        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(dtype)
+        def cast(t: torch.Tensor | KeyedMask | None) -> torch.Tensor | None:
+            return None if t is None else materialize(t).to(dtype)
 
         layers = tuple(
             tuple(DirectionMasks(**{f: cast(getattr(m, f)) for f in _DIRECTION_MASK_FIELDS}) for m in layer)
@@ -233,12 +275,15 @@ class MaskSpec:
         device: torch.device | str,
         generator: torch.Generator | None = None,
         seed: Seed | None = None,
+        lazy_weight: bool = False,
     ) -> DropoutMasks:
         """Draw all masks of a training call on ``batch`` sequences of ``time`` steps.
 
         One seed from ``generator`` (torch's global CPU RNG without one), unless ``seed`` (two 32-bit
         words, see :func:`rnndrop.counter_rng.draw_seed`) is given; nothing is drawn when the spec
         samples nothing. The masks are a function of the seed (module docstring).
+        ``lazy_weight``: DropConnect's mask is returned as its :class:`KeyedMask` (drawn where it is used)
+        instead of a tensor; a layer's own call asks for it, :meth:`RecurrentBase.sample_masks` does not.
         """
         if self.is_empty():
             return self._empty_masks()
@@ -270,7 +315,11 @@ class MaskSpec:
                     m["recurrent"] = dropout(k, d, "recurrent", (g, b, h), self.recurrent_p)
                 if self.weight_p > 0:
                     rows = self.num_gates * c
-                    m["weight_hh"] = dropout(k, d, "weight_hh", (rows, 1, h), self.weight_p).view(rows, h)
+                    keys = mask_keys(seed, k, d, "weight_hh")
+                    weight = KeyedMask((keys[0], keys[1]), self.weight_p, rows, h, dtype, torch.device(device))
+                    # Kept as keys only where a kernel can draw them itself (Python ints, not traced tensors).
+                    lazy = lazy_weight and all(type(key) is int for key in keys)
+                    m["weight_hh"] = weight if lazy else weight.materialize()
                 if self.candidate_p > 0:
                     m["candidate"] = dropout(k, d, "candidate", (1, b, c), self.candidate_p)
                 if self.zoneout_h > 0:

@@ -22,7 +22,7 @@ import torch
 from ._runtime import is_compiling
 from .activations import get_activation
 from .cells import drop_weight, gru_step, input_projection, lstm_step, rnn_step, zoneout
-from .masks import DirectionMasks, DropoutMasks
+from .masks import DirectionMasks, DropoutMasks, materialize
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,7 @@ def run_stack(
     step_mask: torch.Tensor | None,
     zero_masked_output: bool,
     direction_fn: DirectionFn = run_direction,
+    fold_weight_mask: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run a stack of (bi)directional layers.
 
@@ -200,6 +201,8 @@ def run_stack(
         params: ``params[k][d]``.
         masks: sampled masks, or ``None`` for no dropout at all.
         direction_fn: the implementation of one direction (the reference by default).
+        fold_weight_mask: multiply ``W_hh`` by DropConnect's mask here (else ``direction_fn`` gets the mask
+            in its masks' ``weight_hh`` and applies it).
     Returns:
         ``output`` ``(T, B, D * H_out)`` of the last layer and the final states, each ``(L * D, B, ·)``.
     """
@@ -214,9 +217,10 @@ def run_stack(
             idx = k * num_dirs + d
             state = tuple(s[idx] for s in init_states)
             dmasks = masks.layers[k][d] if masks is not None else DirectionMasks()
-            if dmasks.weight_hh is not None:
-                # DropConnect is folded into the weight here, once per call, for every implementation.
-                p = replace(p, w_hh=drop_weight(p.w_hh, dmasks.weight_hh))
+            if dmasks.weight_hh is not None and fold_weight_mask:
+                # DropConnect is folded into the weight here, once per call, for the implementations that do
+                # not apply it themselves (the fused CPU kernel does, while it packs W_hh).
+                p = replace(p, w_hh=drop_weight(p.w_hh, materialize(dmasks.weight_hh)))
                 dmasks = replace(dmasks, weight_hh=None)
             out, state = direction_fn(cfg, layer_input, state, p, dmasks, step_mask, d == 1, zero_masked_output)
             outs.append(out)

@@ -20,15 +20,15 @@ inputs and masks and differentiates that (:func:`recompute_grads`): exact deriva
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .._runtime import cpu_autocast_dtype, is_compiling, under_functorch
-from ..cells import input_projection
-from ..masks import DirectionMasks
+from ..cells import drop_weight, input_projection
+from ..masks import DirectionMasks, KeyedMask
 from ..reference import CellConfig, DirectionParams, State, run_recurrence
 from . import ops
 
@@ -128,6 +128,7 @@ class Recompute:
     w_ih: torch.Tensor
     mask: torch.Tensor | None
     b_ih: torch.Tensor | None = None  # when the kernel's gi includes b_ih (Triton), else None
+    weight_mask: KeyedMask | None = None  # DropConnect applied by the kernel to the raw w_hh it was given
 
     def gi(self) -> torch.Tensor:
         with torch.no_grad():
@@ -153,10 +154,18 @@ class Recompute:
             gi_b = gi if b_ih is None else gi + b_ih
             masks = DirectionMasks(recurrent=rmask, candidate=None if cmask is None else cmask.unsqueeze(0),
                                    zoneout_h=zh, zoneout_c=zc)
-            params = DirectionParams(w_ih=w_hh, w_hh=w_hh, b_hh=b_hh)  # w_ih is not read by run_recurrence
+            w_eff = w_hh if self.weight_mask is None else drop_weight(w_hh, self.weight_mask.materialize())
+            params = DirectionParams(w_ih=w_eff, w_hh=w_eff, b_hh=b_hh)  # w_ih is not read by run_recurrence
             state = (h0,) if c0 is None else (h0, c0)
             out, finals = run_recurrence(self.cfg, gi_b, state, params, masks, steps, reverse, zero_masked_output)
         return recompute_grads((out, *finals), (gi_node, h0, c0, w_hh, b_hh, b_ih), grads, create_graph)
+
+
+def weight_mask_args(mask: KeyedMask | None) -> tuple[int, int, int, float]:
+    """The kernel's DropConnect arguments ``(k0, k1, threshold, scale)``; threshold -1: no mask."""
+    if mask is None:
+        return (0, 0, -1, 0.0)
+    return (mask.keys[0], mask.keys[1], mask.threshold, mask.scale)
 
 
 class _ThreadBuffers(threading.local):
@@ -324,8 +333,9 @@ class FusedDirection(torch.autograd.Function):
     ``h0``, ``c0`` ``(B, H)``; ``w_hh`` ``(G*H, H)``; ``b_hh``, ``b_ih`` ``(G*H,)`` or both None;
     ``rmask`` ``(G_m, B, H)`` or None; ``steps`` ``(T, B)`` bool or None; ``cmask`` the candidate
     (Semeniuta) mask ``(B, H)`` or None; ``zh`` / ``zc`` zoneout keep-previous weights of ``h`` / ``c``
-    ``(T|1, B|1, H|1)`` or None; ``out`` ``(T, B, H)`` time order even when reverse. Under CPU
-    autocast ``gi`` is bf16 and everything else float32.
+    ``(T|1, B|1, H|1)`` or None; ``wmask`` DropConnect's :class:`~rnndrop.masks.KeyedMask` of ``w_hh``
+    (drawn by the kernel as it packs ``w_hh``; ``dw`` is the raw weight's gradient) or None; ``out``
+    ``(T, B, H)`` time order even when reverse. Under CPU autocast ``gi`` is bf16 and everything else float32.
     """
 
     @staticmethod
@@ -345,12 +355,13 @@ class FusedDirection(torch.autograd.Function):
         opts: KernelOptions,
         save: bool,
         recompute: Recompute | None = None,
+        wmask: KeyedMask | None = None,
     ) -> tuple[torch.Tensor, ...]:
         out, h_t, c_t, s_buf, c_buf, ga, ghn, c_raw = ops.forward(
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, save,
-            gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc,
+            gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, *weight_mask_args(wmask),
         )
-        ctx.opts = opts
+        ctx.opts, ctx.wmask = opts, wmask
         ctx.has_bias = b_hh is not None
         # bf16 gi (autocast): the per-step products and the weight gradient run in bf16 too.
         ctx.lowp = gi.dtype == torch.bfloat16 and h0.dtype == torch.float32
@@ -374,7 +385,7 @@ class FusedDirection(torch.autograd.Function):
             raise RuntimeError("rnndrop fused kernel: a second derivative needs the call's inputs, which were not kept")
         grads = ctx.recompute.backward(ctx.gi, ctx.saved_tensors[:10], (dout, dh_t, dc_t), ctx.opts.reverse,
                                        ctx.opts.zero_fill)
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
     @staticmethod
     @once_differentiable
@@ -387,8 +398,9 @@ class FusedDirection(torch.autograd.Function):
             opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill, ctx.lowp,
             h0, c0, w_hh, ctx.has_bias, rmask, steps, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw,
             dout.contiguous(), dh_t.contiguous(), None if dc_t is None else dc_t.contiguous(),
+            *weight_mask_args(ctx.wmask),
         )
-        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None, None, None, None, None
+        return dgi, dh0, dc0, dw, db_hh, db_ih, None, None, None, None, None, None, None, None, None
 
 
 # (gi, h0, c0, w_hh, b_hh, rmask, steps), see prepare_direction.
@@ -467,6 +479,12 @@ def fused_run_direction(
     Only call it for configurations :func:`rnndrop._kernels.registry.cpu_ineligible` accepts.
     """
     lowp = cpu_autocast_dtype()  # the registry admits bf16 here (on a CPU with AVX512_BF16), never fp16
+    # DropConnect: a KeyedMask is drawn by the kernel while it packs W_hh; a mask given as a tensor
+    # (dropout_masks=) is folded into the weight here, as run_stack does for the other kernels.
+    wmask = masks.weight_hh
+    if isinstance(wmask, torch.Tensor):
+        params = replace(params, w_hh=drop_weight(params.w_hh, wmask))
+        wmask = None
     tensors, opts, save = prepare_direction(
         cfg, x, state, params, masks, step_mask, reverse, zero_masked_output, input_bias_in_gi=False, lowp=lowp
     )
@@ -482,8 +500,10 @@ def fused_run_direction(
     zc = None if masks.zoneout_c is None else masks.zoneout_c.contiguous()
     if not save:  # no backward will follow (inference, MC dropout): the kernel without autograd.Function
         out, h_t, c_t = ops.forward(opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
-                                    False, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc)[:3]
+                                    False, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc,
+                                    *weight_mask_args(wmask))[:3]
         return out, ((h_t,) if c_t is None else (h_t, c_t))
-    recompute = Recompute(cfg, x, params.w_ih, masks.input)
-    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save, recompute)
+    recompute = Recompute(cfg, x, params.w_ih, masks.input, weight_mask=wmask)
+    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save, recompute,
+                                wmask)
     return outs[0], tuple(outs[1:])

@@ -30,14 +30,15 @@ _GATES = {_LSTM: 4, _GRU: 3, _RNN: 1}
 FORWARD_SCHEMA = (
     "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, bool save, "
     "Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? b_ih, Tensor? rmask, Tensor? steps, "
-    "Tensor? cmask, Tensor? zh, Tensor? zc) "
+    "Tensor? cmask, Tensor? zh, Tensor? zc, int wk0, int wk1, int wthr, float wscale) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
     "(int mode, int act, int ract, bool reset_after, bool reverse, bool zero_fill, bool lowp, "
     "Tensor h0, Tensor? c0, Tensor w_hh, bool has_bias, Tensor? rmask, Tensor? steps, "
     "Tensor? cmask, Tensor? zh, Tensor? zc, Tensor out, "
-    "Tensor? S, Tensor? C, Tensor? GA, Tensor? GHN, Tensor? CR, Tensor dout, Tensor dhT, Tensor? dcT) "
+    "Tensor? S, Tensor? C, Tensor? GA, Tensor? GHN, Tensor? CR, Tensor dout, Tensor dhT, Tensor? dcT, "
+    "int wk0, int wk1, int wthr, float wscale) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -82,14 +83,14 @@ def registered() -> bool:
 
 
 def _forward_impl(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
-                  cmask, zh, zc):
+                  cmask, zh, zc, wk0, wk1, wthr, wscale):
     outs = _ext().forward(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih,
-                          rmask, steps, cmask, zh, zc)
+                          rmask, steps, cmask, zh, zc, wk0, wk1, wthr, wscale)
     return _placeholders(outs, h0)
 
 
 def _forward_fake(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps,
-                  cmask, zh, zc):
+                  cmask, zh, zc, wk0, wk1, wthr, wscale):
     # The shapes csrc/cpu/rnn.cpp's forward allocates (in the states' dtype: gi may be bf16 under
     # autocast), (0,) where it returns an undefined tensor.
     t, b, gh = gi.shape
@@ -100,14 +101,14 @@ def _forward_fake(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0
 
 
 def _backward_impl(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask, steps,
-                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT):
+                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT, wk0, wk1, wthr, wscale):
     grads = _ext().backward(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask,
-                            steps, cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT)
+                            steps, cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT, wk0, wk1, wthr, wscale)
     return _placeholders(grads, out)
 
 
 def _backward_fake(mode, act, ract, reset_after, reverse, zero_fill, lowp, h0, c0, w_hh, has_bias, rmask, steps,
-                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT):
+                   cmask, zh, zc, out, S, C, GA, GHN, CR, dout, dhT, dcT, wk0, wk1, wthr, wscale):
     t, b, h = out.shape
     gh = h * _GATES[mode]
     shapes = ((t, b, gh), (b, h), (b, h), (gh, h), (gh,), (gh,))

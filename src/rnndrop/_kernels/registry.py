@@ -276,9 +276,9 @@ def fused_run_stack(
     zero_masked_output: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """:func:`rnndrop.reference.run_stack` on the fused CPU kernel; low-precision parameters in float32."""
-    if x.dtype not in LOW_PRECISION:
+    if x.dtype not in LOW_PRECISION:  # DropConnect is applied by the kernel itself (fused_run_direction)
         return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output,
-                         direction_fn=fused_run_direction)
+                         direction_fn=fused_run_direction, fold_weight_mask=False)
     dtype, wide = x.dtype, torch.float32
 
     def widen(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .._runtime import cpu_autocast_dtype, is_compiling
 from ..cells import drop_weight
-from ..masks import DirectionMasks, DropoutMasks
+from ..masks import DirectionMasks, DropoutMasks, materialize
 from ..reference import CellConfig, DirectionParams
 
 _FOLDABLE_MASKS = {"input", "recurrent"}
@@ -151,7 +151,7 @@ def _fold(p: DirectionParams, m: DirectionMasks, gates: int) -> tuple[torch.Tens
     """``(w_ih, w_hh)`` with DropConnect and the batch-wide input / recurrent masks folded in."""
     w_ih, w_hh = p.w_ih, p.w_hh
     if m.weight_hh is not None:
-        w_hh = drop_weight(w_hh, m.weight_hh)
+        w_hh = drop_weight(w_hh, materialize(m.weight_hh))
     if m.input is not None and m.input.shape[1] == 1:
         w_ih = _scale_columns(w_ih, m.input, gates)
     if m.recurrent is not None:  # batch-wide by eligibility

@@ -64,6 +64,52 @@ using at::Tensor;
 enum Mode : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2 };
 enum Act : int64_t { kTanh = 0, kSigmoid = 1, kRelu = 2, kLinear = 3, kHardSigmoid = 4 };
 
+// ---------------------------------------------------------------- counter-based draws
+
+// C. Wellons' lowbias32 integer hash: the arithmetic of rnndrop.counter_rng (see keyed_draws below).
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// DropConnect's mask of W_hh (G*H, H_out), drawn where it is used instead of read from a tensor: element
+// (r, c) is rnndrop.counter_rng's draw (row r, sample 0, unit c) of the mask's keys, 0 with probability p,
+// else 1 / (1 - p) — the numbers rnndrop.masks.KeyedMask.materialize() gives. Folding it into the
+// packing of W_hh (forward and backward) and into dW costs no pass over G*H*H_out values of its own.
+struct WeightMask {
+  bool on = false;
+  uint32_t k0 = 0, v = 0, thr = 0;  // v = lowbias32(0 ^ k1): the sample coordinate is always 0
+  double scale = 0;
+  int64_t units = 0;  // H_out, the row length of the draws' layout
+
+  static WeightMask make(int64_t k0, int64_t k1, int64_t threshold, double scale, int64_t units) {
+    WeightMask m;
+    if (threshold < 0) return m;  // no mask
+    m.on = true;
+    m.k0 = static_cast<uint32_t>(k0);
+    m.v = lowbias32(static_cast<uint32_t>(k1));
+    m.thr = static_cast<uint32_t>(threshold);
+    m.scale = scale;
+    m.units = units;
+    return m;
+  }
+  // out[c] = mask value of W_hh element (row, c0 + c), c < n.
+  template <typename T>
+  void row(int64_t r, int64_t c0, int64_t n, T* __restrict out) const {
+    const uint32_t lo = static_cast<uint32_t>(r * units + c0);
+    const T s = static_cast<T>(scale);
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) {
+      const uint32_t x = lowbias32(lowbias32((lo + static_cast<uint32_t>(c)) ^ k0) ^ v);
+      out[c] = (x >> 8) < thr ? T(0) : s;
+    }
+  }
+};
+
 // ---------------------------------------------------------------- element-wise helpers
 
 // float32 tanh in a third of Sleef's time (it was a quarter of the LSTM recurrence's element-wise
@@ -417,22 +463,88 @@ bool cpu_has_bf16() {
 // its weak references blocked torch.utils.swap_tensors. Packing reads G*H*H values once per call
 // against the recurrence's T*B*G*H*H multiply-adds: its measured cost is in docs/benchmarks.md.
 
-// Pack mat (K, N), any strides, into zero-padded panel-major form.
-inline Tensor pack_panels(const Tensor& mat) {
+// Pack mat (K, N), any strides, into zero-padded panel-major form ([panel][k][kPanel]). mat is a block
+// of W_hh starting at row `row0`: its transpose (`trans`, the forward's operand: mat[k][n] = W[row0 + n][k])
+// or itself (the backward's: mat[k][n] = W[row0 + k][n]). With `wm` on, every element is multiplied by
+// DropConnect's mask as it is packed. The rows of W are split between threads.
+inline Tensor pack_panels(const Tensor& mat, bool trans = true, int64_t row0 = 0, const WeightMask& wm = {}) {
   const int64_t K = mat.size(0), N = mat.size(1), panels = (N + kPanel - 1) / kPanel;
-  Tensor out = at::zeros({panels * K * kPanel}, mat.options());
+  // Zero padding exists only in a partial last panel.
+  Tensor out = N % kPanel ? at::zeros({panels * K * kPanel}, mat.options())
+                          : at::empty({panels * K * kPanel}, mat.options());
   float* o = out.data_ptr<float>();
   const float* m = mat.data_ptr<float>();
   const int64_t sk = mat.stride(0), sn = mat.stride(1);
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n)
-      for (int64_t k = 0; k < K; ++k) o[(p * K + k) * kPanel + (n - p * kPanel)] = m[k * sk + n * sn];
+  // One row of W: `trans` -> W row n = column n of mat (length K); else W row k = row k of mat (length N).
+  const int64_t rows = trans ? N : K, cols = trans ? K : N;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> mrow(wm.on ? cols : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (wm.on) wm.row(row0 + r, 0, cols, mrow.data());
+      if (trans) {  // W row r -> column r of mat: o[(p*K + k)*kPanel + r % kPanel]
+        const int64_t p = r / kPanel, nn = r - p * kPanel;
+        const float* src = m + r * sn;
+        float* dst = o + p * K * kPanel + nn;
+        if (wm.on) {
+          for (int64_t k = 0; k < cols; ++k) dst[k * kPanel] = src[k * sk] * mrow[k];
+        } else {
+          for (int64_t k = 0; k < cols; ++k) dst[k * kPanel] = src[k * sk];
+        }
+      } else {  // W row r -> row r of mat: contiguous chunks of kPanel columns
+        const float* src = m + r * sk;
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t n0 = p * kPanel, n1 = std::min(N, n0 + kPanel);
+          float* dst = o + (p * K + r) * kPanel - n0;
+          if (wm.on) {
+            for (int64_t n = n0; n < n1; ++n) dst[n] = src[n * sn] * mrow[n];
+          } else {
+            for (int64_t n = n0; n < n1; ++n) dst[n] = src[n * sn];
+          }
+        }
+      }
+    }
+  });
   return out;
 }
 
-// Pack mat (K, N) float32, any strides, into zero-padded bf16 k-pair panels ([panel][k/2][64][2]).
+// mat (any strides) times DropConnect's mask, as a new contiguous matrix: the operand of at::mm where
+// nothing is packed (float64, CPUs without the micro-kernel). Orientation and rows as pack_panels.
+inline Tensor masked_copy(const Tensor& mat, bool trans, int64_t row0, const WeightMask& wm) {
+  Tensor w = trans ? mat.t() : mat;  // W's layout: rows of W_hh
+  Tensor out = at::empty(w.sizes(), w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnndrop_masked_copy", [&] {
+    const int64_t rows = w.size(0), cols = w.size(1);
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t* dst = out.data_ptr<scalar_t>() + r * cols;
+        wm.row(row0 + r, 0, cols, dst);
+        const scalar_t* src = w.data_ptr<scalar_t>() + r * w.stride(0);
+        for (int64_t c = 0; c < cols; ++c) dst[c] *= src[c * w.stride(1)];
+      }
+    });
+  });
+  return trans ? out.t() : out;
+}
+
+// dW (G*H, H_out) contiguous <- dW * mask: the gradient of the raw W_hh from that of the dropped one.
+inline void mask_weight_grad(Tensor& dW, const WeightMask& wm) {
+  AT_DISPATCH_FLOATING_TYPES(dW.scalar_type(), "rnndrop_mask_weight_grad", [&] {
+    const int64_t rows = dW.size(0), cols = dW.size(1);
+    scalar_t* d = dW.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<scalar_t> mrow(cols);
+      for (int64_t r = r0; r < r1; ++r) {
+        wm.row(r, 0, cols, mrow.data());
+        scalar_t* dr = d + r * cols;
+        for (int64_t c = 0; c < cols; ++c) dr[c] *= mrow[c];  // (no pragma: inside a macro's argument)
+      }
+    });
+  });
+}
+
 #if RNNDROP_AVX512
-inline Tensor pack_panels_bf16(const Tensor& mat) {
+inline Tensor pack_panels_bf16(const Tensor& mat_in, bool trans = true, int64_t row0 = 0, const WeightMask& wm = {}) {
+  const Tensor mat = wm.on ? masked_copy(mat_in, trans, row0, wm) : mat_in;
   const int64_t K = mat.size(0), N = mat.size(1), KP = (K + 1) / 2, panels = (N + kPanel - 1) / kPanel;
   Tensor out = at::zeros({panels * KP * kPanel * 2}, mat.options().dtype(at::kBFloat16));
   at::BFloat16* o = out.data_ptr<at::BFloat16>();
@@ -448,23 +560,25 @@ inline Tensor pack_panels_bf16(const Tensor& mat) {
 
 // The operand B = mat (K, N) of the per-step products: packed for the micro-kernel (float32), in
 // bf16 k-pair panels under autocast (lowp), else a view for at::mm.
+// `trans`, `row0`, `wm`: which block of W_hh mat is and DropConnect's mask (see pack_panels).
 template <typename T>
-Operand<T> make_operand(const Tensor& mat, bool lowp) {
+Operand<T> make_operand(const Tensor& mat, bool lowp, bool trans = true, int64_t row0 = 0, const WeightMask& wm = {}) {
   Operand<T> op;
-  op.mat = mat;
   op.K = mat.size(0);
   op.N = mat.size(1);
 #if RNNDROP_MICROKERNEL
   if constexpr (std::is_same_v<T, float>) {
 #if RNNDROP_AVX512
     if (lowp) {
-      op.packed_lp = pack_panels_bf16(mat);
+      op.packed_lp = pack_panels_bf16(mat, trans, row0, wm);
       return op;
     }
 #endif
-    op.packed = pack_panels(mat);
+    op.packed = pack_panels(mat, trans, row0, wm);
+    return op;
   }
 #endif
+  op.mat = wm.on ? masked_copy(mat, trans, row0, wm) : mat;
   return op;
 }
 
@@ -518,6 +632,7 @@ struct Problem {
   const T* cand = nullptr;  // (B, H) candidate (Semeniuta) mask or nullptr
   ZoneMask<T> zh, zc;       // zoneout weights of h and (LSTM) c; off when p is null
   const bool* steps;
+  WeightMask wm;  // DropConnect on W_hh, applied where W_hh is packed (and to dW)
   Tensor w;    // (GH, H)
   Tensor wT;   // (H, GH) view
   // Matmul operands by (transposed, first gate, gate count): prepared before the parallel region.
@@ -560,7 +675,7 @@ struct Problem {
     auto add = [&](int64_t g0, int64_t n) {
       Tensor blk = (g0 == 0 && n == G) ? w : w.narrow(0, g0 * H, n * H);
       const int64_t key = op_key(trans, g0, n);
-      ops.emplace(key, make_operand<T>(trans ? blk.t() : blk, lowp));
+      ops.emplace(key, make_operand<T>(trans ? blk.t() : blk, lowp, trans, g0 * H, wm));
     };
     if (Gm == G && G > 1) {
       for (int64_t g = 0; g < ng; ++g) add(g, 1);
@@ -1193,12 +1308,14 @@ void check_inputs(int64_t mode, const Tensor& gi, const Tensor& h0, const c10::o
 }
 
 // Returns {out (T,B,H), hT, cT, S, C, GA, GHN}; tensors a configuration does not use are undefined.
+// DropConnect (wk0, wk1, wthr, wscale): the keys, threshold and scale of W_hh's mask (WeightMask), wthr < 0: none.
 std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_after, bool reverse, bool zero_fill,
                             bool save, const Tensor& gi, const Tensor& h0, const c10::optional<Tensor>& c0,
                             const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
                             const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& rmask,
                             const c10::optional<Tensor>& steps, const c10::optional<Tensor>& cmask,
-                            const c10::optional<Tensor>& zh, const c10::optional<Tensor>& zc) {
+                            const c10::optional<Tensor>& zh, const c10::optional<Tensor>& zc, int64_t wk0,
+                            int64_t wk1, int64_t wthr, double wscale) {
   check_inputs(mode, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc);
   const int64_t Tn = gi.size(0), B = gi.size(1), G = num_gates(mode), H = gi.size(2) / G;
   const auto opts = h0.options();
@@ -1216,6 +1333,7 @@ std::vector<Tensor> forward(int64_t mode, int64_t act, int64_t ract, bool reset_
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnndrop_forward", [&] {
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, save, gi, h0, c0, w_hh, b_hh,
                                     b_ih, rmask, steps, cmask, zh, zc);
+    P.wm = WeightMask::make(wk0, wk1, wthr, wscale, w_hh.size(1));
     P.prepare(true);
     P.CR = CR.defined() ? CR.data_ptr<scalar_t>() : nullptr;
     P.out = out.data_ptr<scalar_t>();
@@ -1250,7 +1368,9 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
                              const c10::optional<Tensor>& zc, const Tensor& out, const c10::optional<Tensor>& S,
                              const c10::optional<Tensor>& C, const c10::optional<Tensor>& GA,
                              const c10::optional<Tensor>& GHN, const c10::optional<Tensor>& CR, const Tensor& dout,
-                             const Tensor& dhT, const c10::optional<Tensor>& dcT) {
+                             const Tensor& dhT, const c10::optional<Tensor>& dcT, int64_t wk0, int64_t wk1,
+                             int64_t wthr, double wscale) {
+  const WeightMask wm = WeightMask::make(wk0, wk1, wthr, wscale, w_hh.size(1));
   TORCH_CHECK(!lowp || (out.scalar_type() == at::kFloat && cpu_has_bf16()),
               "rnndrop kernel: the bf16 backward needs float32 states and a CPU with AVX512_BF16");
   const int64_t Tn = out.size(0), B = out.size(1), H = out.size(2), G = num_gates(mode), GH = G * H;
@@ -1266,6 +1386,7 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
     auto P = make_problem<scalar_t>(mode, act, ract, reset_after, reverse, zero_fill, true, dGI, h0, c0, w_hh,
                                     c10::nullopt, c10::nullopt, rmask, steps, cmask, zh, zc);
     P.lowp = lowp;
+    P.wm = wm;
     P.prepare(false);
     P.CR = (CR && CR->defined()) ? CR->data_ptr<scalar_t>() : nullptr;
     P.out = const_cast<scalar_t*>(out.data_ptr<scalar_t>());
@@ -1328,6 +1449,8 @@ std::vector<Tensor> backward(int64_t mode, int64_t act, int64_t ract, bool reset
     db_ih = dGI.view({Tn * B, GH}).sum(0);
     db_hh = dGH.is_same(dGI) ? db_ih.clone() : src.sum(0);
   }
+  // DropConnect: the products above used W_hh * mask; the raw W_hh's gradient is dW * mask.
+  if (wm.on) mask_weight_grad(dW, wm);
   return {dGI, dh0, dc0, dW, db_hh, db_ih};
 }
 
@@ -1394,15 +1517,6 @@ Tensor input_projection(const Tensor& x, const Tensor& w, const c10::optional<Te
 // x = lowbias32(lowbias32(lo ^ k0) ^ lowbias32(b ^ k1)) and lo = a * C + c mod 2^32 (lowbias32: C. Wellons'
 // integer hash). The first hash depends on (a, c) only: computed once and reused by every sample b, so
 // the inner loop is one hash per element, which the compiler vectorises (8 lanes with AVX2).
-
-inline uint32_t lowbias32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
 
 // The keys of one mask from the call's seed (s0, s1): counter_rng.mask_keys, kind = its MASK_KINDS code.
 inline std::pair<uint32_t, uint32_t> mask_key_pair(uint32_t s0, uint32_t s1, int64_t layer, int64_t direction,
