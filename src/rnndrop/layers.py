@@ -77,17 +77,18 @@ _DOC_DROPOUT_ARGS = """
             exactly: torch's own kernel (oneDNN / cuDNN) when the call is torch.nn's maths once the
             active dropout is folded in (eval mode or no dropout; a shared per-sample input mask on a
             one-directional layer; ``mask_scope="batch"`` masks; DropConnect; between-layer dropout;
-            ``lengths=`` / packed input; torch's activations) and that kernel is the faster one (on
-            CUDA; on the CPU for dense float32 LSTM inference and single-threaded dense LSTM training
-            — the fused kernel is faster for the other CPU calls, measured in docs/benchmarks.md),
-            else rnndrop's compiled kernel
+            ``lengths=`` / packed input; torch's activations) and that kernel is the faster one —
+            where both it and rnndrop's kernel can run a call, the first call of its kind times both
+            and later ones take the faster (``RNNDROP_AUTOTUNE=0``: a static rule measured on the
+            bench configs, docs/benchmarks.md) — else rnndrop's compiled kernel
             (float32/64 parameters, no projection, tanh/sigmoid/relu/linear activations): the C++
             extension for CPU tensors, the Triton kernels for CUDA tensors (also under autocast); else
             torch's kernel if it can, else the reference loop.
             ``"torch"`` / ``"fused"`` insist on torch's kernel / rnndrop's kernels and raise
             ``KernelUnavailableError`` with the reason; ``"reference"`` always runs the pure-torch loop.
             ``layer.last_backend`` (``"torch"``, ``"fused"``, ``"triton"`` or ``"reference"``) /
-            ``last_backend_reason`` tell what the last call ran and why.
+            ``last_backend_reason`` tell what the last call ran and why (the times measured, the rule,
+            or why no compiled kernel could run it).
 
     Masks are ``Bernoulli(1-p)/(1-p)``, sampled once per forward call; see :mod:`rnndrop.masks`.
     In eval mode the layer is deterministic and equals the same layer without dropout.
@@ -304,8 +305,8 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         self.generator = generator
         self.backend: Backend = backend
         self.init: InitScheme = check_choice(init, "init", INIT_SCHEMES)  # type: ignore[assignment]
-        # Which implementation the last forward call ran ("fused" or "reference") and, when it
-        # was not the fused kernel, why not; for tests and users checking the fast path.
+        # Which implementation the last forward call ran ("torch", "fused", "triton", "reference") and why
+        # (the measurement or rule that chose it, or why no compiled kernel could run the call).
         self.last_backend: str | None = None
         self.last_backend_reason: str | None = None
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_models.py"
 
 
@@ -18,9 +20,12 @@ def test_bench_models_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "bench_models", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     out = tmp_path / "m.json"
-    assert bench.main(["--tiny", "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    threads = torch.get_num_threads()
+    # One thread: tiny calls on a loaded machine otherwise wait on OpenMP barriers (seconds, not milliseconds).
+    assert bench.main(["--tiny", "--threads", "1", "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the run's thread count does not leak into the test process
     data = json.loads(out.read_text())
-    assert data["tiny"] is True and data["machine"]["cpu"]
+    assert data["tiny"] is True and data["machine"]["cpu"] and data["machine"]["torch_threads"] == 1
     results = data["results"]
     emb, hidden = bench.SIZES["tiny"]["awd"]["sizes"][0]
     forecaster = bench.SIZES["tiny"]["forecaster"]
@@ -53,5 +58,7 @@ def test_bench_models_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
                     assert set(layer) == {"last_backend", "last_backend_reason"}
                     assert layer["last_backend"] == requested if requested != "auto" else layer["last_backend"] in (
                         "torch", "fused")
+    auto = results["tagger"]["inference"]["rnndrop auto"]  # did auto take the faster of the forced kernels?
+    assert auto["faster_forced_backend"] in ("torch", "fused") and auto["ratio_to_faster_forced"] > 0
     assert len(results["awd_lstm"][f"{emb}/{hidden} stack training step"]["rnndrop fused"]["backends"]) == 3
     assert "AWD-LSTM" in capsys.readouterr().out

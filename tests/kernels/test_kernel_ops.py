@@ -22,8 +22,13 @@ T, B, H = 3, 2, 4
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
+def _weight_mask(weight: bool) -> tuple[int, int, int, float]:
+    """DropConnect's kernel arguments (k0, k1, threshold, scale); threshold -1: none."""
+    return (12345, 67890, round(0.3 * (1 << 24)), 1 / 0.7) if weight else (0, 0, -1, 0.0)
+
+
 def _op_args(mode: str, reset_after: bool, bias: bool, masked: bool, steps: bool, save: bool,
-             zone: bool = False, cand: bool = False, lowp: bool = False):
+             zone: bool = False, cand: bool = False, lowp: bool = False, weight: bool = False):
     g = torch.Generator().manual_seed(0)
     gates = GATES[mode]
     dtype = torch.float32 if lowp else torch.float64
@@ -43,7 +48,7 @@ def _op_args(mode: str, reset_after: bool, bias: bool, masked: bool, steps: bool
         gi = gi.bfloat16()
     ract = 1 if mode != "RNN" else 3
     return (MODES[mode], 0, ract, reset_after, False, steps, save, gi, rand(B, H), c0,
-            rand(gates * H, H), b_hh, b_ih, rmask, step_mask, cmask, zh, zc)
+            rand(gates * H, H), b_hh, b_ih, rmask, step_mask, cmask, zh, zc, *_weight_mask(weight))
 
 
 CONFIGS = [
@@ -56,6 +61,8 @@ CONFIGS = [
     ("GRU", True, True, False, False, {"zone": True, "cand": True}),
     ("RNN", True, True, True, False, {"zone": True}),
     ("LSTM", True, True, True, False, {"lowp": True}),
+    ("GRU", False, True, True, True, {"weight": True}),
+    ("LSTM", True, True, False, False, {"weight": True, "zone": True}),
 ]
 
 
@@ -80,7 +87,7 @@ def test_opcheck_forward_and_backward(kernel, mode: str, reset_after: bool, bias
     dc_t = torch.randn(h_t.shape, generator=g, dtype=out.dtype) if mode == "LSTM" else None
     lowp = bool(extra.get("lowp"))
     bwd = (*args[:6], lowp, h0, c0, w_hh, bias, rmask, step_mask, cmask, zh, zc, out, s_buf, c_buf, ga, ghn, c_raw,
-           dout, dh_t, dc_t)
+           dout, dh_t, dc_t, *_weight_mask(bool(extra.get("weight"))))
     torch.library.opcheck(torch.ops.rnndrop.fused_backward.default, bwd)
     grads = torch.ops.rnndrop.fused_backward(*bwd)
     _assert_same_as_extension(grads, kernel.backward(*bwd), ops.present_backward(MODES[mode], bias))

@@ -48,7 +48,7 @@ def test_spy_triton_kernels_run_forward_and_backward(triton_device: str, monkeyp
     layer = cls(3, 4, num_layers=2, bidirectional=True, input_dropout=0.2, recurrent_dropout=0.2,
                 backend="fused", **kw).to(triton_device)
     out, _ = layer(torch.randn(5, 2, 3, device=triton_device))
-    assert layer.last_backend == "triton" and layer.last_backend_reason is None
+    assert layer.last_backend == "triton" and layer.last_backend_reason == "backend='fused' asks for this kernel"
     steps = 2 * 2 * 5  # layers x directions x timesteps: one fused kernel per step (two halves for reset_after=False)
     rb = mode == "GRU" and not reset_after
     assert spies["fwd_cell"].launches == steps

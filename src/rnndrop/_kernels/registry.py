@@ -43,7 +43,7 @@ from .._runtime import cpu_autocast_dtype, is_compiling, under_functorch
 from ..errors import KernelFallbackWarning, KernelUnavailableError
 from ..masks import DropoutMasks
 from ..reference import CellConfig, DirectionParams, run_stack
-from . import loader, ops, triton_autograd
+from . import autotune, loader, ops, triton_autograd
 from .autograd import CPU_ACTIVATIONS, TRITON_ACTIVATIONS, fused_run_direction
 from .torch_native import torch_ineligible, torch_run_stack
 from .triton_autograd import triton_run_direction
@@ -358,32 +358,30 @@ def select_stack_fn(
     """
     global _warned_triton
     if backend == "reference":
-        return run_stack, "reference", None
+        return run_stack, "reference", "backend='reference' asks for the reference loop"
     call = Call(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
     allowed = _BACKEND_KERNELS.get(backend)
     reasons = []
-    # An entry that would let a later one have the call; its (costlier) eligibility is only checked
-    # if no later entry accepts the call.
-    yielded: Kernel | None = None
-    yield_reason: str | None = None
+    eligible: list[Kernel] = []
     for kernel in KERNELS:
         if allowed is not None and kernel.name not in allowed:
             continue
-        if allowed is None and yielded is None:
-            yield_reason = kernel.yields(call)
-            if yield_reason is not None:
-                yielded = kernel
-                continue
         reason = kernel.ineligible(call)
         if reason is None:
-            return kernel.stack_fn, kernel.name, None
-        reasons.append(f"{kernel.name}: {reason}")
-    if yielded is not None:  # no later entry runs the call: the yielding one does, at its own speed
-        reason = yielded.ineligible(call)
-        if reason is None:
-            _warn_missing_cpu_kernel(x, "torch's own kernel", str(yield_reason))
-            return yielded.stack_fn, yielded.name, None
-        reasons.insert(0, f"{yielded.name}: {reason}")  # the registry's order, as in the message before
+            eligible.append(kernel)
+        else:
+            reasons.append(f"{kernel.name}: {reason}")
+    if eligible and allowed is not None:
+        return eligible[0].stack_fn, eligible[0].name, f"backend={backend!r} asks for this kernel"
+    if len(eligible) == 1:
+        kernel = eligible[0]
+        slower = kernel.yields(call)  # torch's kernel where the fused one would have been faster: what it costs
+        if slower is not None:
+            _warn_missing_cpu_kernel(x, "torch's own kernel", slower)
+        others = "; ".join(r for r in reasons if ": input is on " not in r)
+        return kernel.stack_fn, kernel.name, f"the only kernel that runs this call exactly ({others})"
+    if len(eligible) > 1:
+        return _choose(call, eligible)
     # A kernel for another device says nothing about this call (e.g. Triton's "input is on cpu"): left out
     # unless it is the only reason there is.
     relevant = [r for r in reasons if ": input is on " not in r] or reasons
@@ -407,6 +405,22 @@ def select_stack_fn(
     elif not loader.disabled():
         _warn_unsupported(cfg, why)
     return run_stack, "reference", why
+
+
+def _choose(call: Call, eligible: list[Kernel]) -> tuple[StackFn, str, str]:
+    """The faster of several exact kernels: measured per kind of call (autotune), else the static rule."""
+    backward = _backward_follows(call)
+    if autotune.enabled() and not is_compiling():
+        decision = autotune.choose(call, [(k.name, k.stack_fn) for k in eligible], backward)
+        kernel = next(k for k in eligible if k.name == decision.kernel)
+        return kernel.stack_fn, kernel.name, decision.reason()
+    # The static rule, measured on the bench configs: an entry may yield to a later one (Kernel.yields).
+    for i, kernel in enumerate(eligible):
+        why = kernel.yields(call) if i < len(eligible) - 1 else None
+        if why is None:
+            rule = "; ".join(f"{k.name} yields: {k.yields(call)}" for k in eligible[:i])
+            return kernel.stack_fn, kernel.name, f"static rule (RNNDROP_AUTOTUNE=0){': ' + rule if rule else ''}"
+    raise AssertionError("unreachable: the last eligible kernel never yields")
 
 
 # Reasons a present kernel refuses a call, and what a user can change to get a compiled kernel again.
