@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rnndrop import DirectionMasks, DropoutMasks, MaskSpec, RnnDropTypeError, RnnDropValueError
-from rnndrop.masks import bernoulli_mask
+from rnndrop.counter_rng import keyed_draws, mask_keys
 
 SIGMAS = 6.0
 F64 = torch.float64
@@ -52,11 +52,17 @@ def spec(
     )
 
 
+def input_mask(batch: int, features: int, p: float, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
+    """A layer's input mask ``(1, batch, features)`` as MaskSpec.sample draws it, from a seeded generator."""
+    s = spec(1, num_layers=1, num_directions=1, input_size=features, input_p=p, recurrent_p=0.0, between_p=0.0)
+    masks = s.sample(batch, 1, dtype=dtype, device="cpu", generator=torch.Generator().manual_seed(seed))
+    return masks.layers[0][0].input
+
+
 # --------------------------------------------------------------------------- values and rate
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])
 def test_mask_values_and_drop_rate(p):
-    gen = torch.Generator().manual_seed(int(p * 100))
-    mask = bernoulli_mask((1, 400, 500), p, dtype=F64, device="cpu", generator=gen)
+    mask = input_mask(400, 500, p, int(p * 100))
     scale = 1.0 / (1.0 - p)
     zero, kept = mask == 0, mask == scale
     assert torch.all(zero | kept), "every entry must be exactly 0 or 1/(1-p)"
@@ -67,7 +73,7 @@ def test_mask_values_and_drop_rate(p):
 
 
 def test_float32_mask_values():
-    mask = bernoulli_mask((1, 64, 64), 0.3, dtype=torch.float32, device="cpu", generator=torch.Generator())
+    mask = input_mask(64, 64, 0.3, 0, torch.float32)
     assert mask.dtype == torch.float32
     kept = mask[mask != 0]
     assert torch.allclose(kept, torch.full_like(kept, 1 / 0.7), rtol=1e-7, atol=0)
@@ -108,7 +114,7 @@ def _joint_zero(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def test_independent_across_batch_and_features():
     p = 0.3
-    m = bernoulli_mask((1, 600, 600), p, dtype=F64, device="cpu", generator=torch.Generator().manual_seed(1))[0]
+    m = input_mask(600, 600, p, 1)[0]
     # Disjoint pairs: feature 2j with 2j+1 of the same sample, sample 2i with 2i+1 at the same feature.
     assert_rate(_joint_zero(m[:, 0::2], m[:, 1::2]), p * p)
     assert_rate(_joint_zero(m[0::2, :], m[1::2, :]), p * p)
@@ -203,25 +209,25 @@ def _flatten(masks: DropoutMasks) -> list[torch.Tensor]:
     return out + [t for t in masks.between if t is not None]
 
 
-def test_documented_sampling_order():
-    """Per layer, per direction: input mask then recurrent mask; then the layer's between mask."""
-    s = spec(3, gate_masks="per_gate")
+def test_documented_sampling_keys():
+    """One seed per call; each mask is keyed_draws(mask_keys(seed, layer, direction, kind)) laid out as the
+    module docstring's table says (rows, samples, units), the between-layer mask with direction 0."""
+    s = dataclasses.replace(spec(3, gate_masks="per_gate"), weight_p=0.2, zoneout_h=0.1)
     batch, time = 4, 5
     masks = s.sample(batch, time, dtype=F64, device="cpu", generator=torch.Generator().manual_seed(6))
-    gen = torch.Generator().manual_seed(6)
-    expected = []
+    seed = tuple(torch.randint(0, 1 << 32, (2,), generator=torch.Generator().manual_seed(6)).tolist())
+
+    def draw(k, d, kind, shape, p, below, above):
+        return keyed_draws(mask_keys(seed, k, d, kind), p, shape, below=below, above=above, dtype=F64, device="cpu")
+
     for k in range(2):
-        for _ in range(2):
-            expected.append(bernoulli_mask((3, batch, s.input_sizes[k]), 0.3, dtype=F64, device="cpu", generator=gen))
-            expected.append(bernoulli_mask((3, batch, 6), 0.4, dtype=F64, device="cpu", generator=gen))
-        if k == 0:
-            expected.append(bernoulli_mask((time, batch, 12), 0.5, dtype=F64, device="cpu", generator=gen))
-    got = [masks.layers[0][0].input, masks.layers[0][0].recurrent, masks.layers[0][1].input,
-           masks.layers[0][1].recurrent, masks.between[0], masks.layers[1][0].input, masks.layers[1][0].recurrent,
-           masks.layers[1][1].input, masks.layers[1][1].recurrent]
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        assert torch.equal(g, e)
+        for d in range(2):
+            m = masks.layers[k][d]
+            assert torch.equal(m.input, draw(k, d, "input", (3, batch, s.input_sizes[k]), 0.3, 0.0, 1 / 0.7))
+            assert torch.equal(m.recurrent, draw(k, d, "recurrent", (3, batch, 6), 0.4, 0.0, 1 / 0.6))
+            assert torch.equal(m.weight_hh, draw(k, d, "weight_hh", (18, 1, 6), 0.2, 0.0, 1 / 0.8)[:, 0])
+            assert torch.equal(m.zoneout_h, draw(k, d, "zoneout_h", (time, batch, 6), 0.1, 1.0, 0.0))
+    assert torch.equal(masks.between[0], draw(0, 0, "between", (time, batch, 12), 0.5, 0.0, 2.0))
 
 
 # --------------------------------------------------------------------------- check()

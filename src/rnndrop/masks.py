@@ -38,21 +38,45 @@ Convention (every path — reference, fused CPU, GPU — uses exactly these tens
   independent mask per element **and timestep**, shape ``(T, B, D * H_out)``; with
   ``locked_dropout=True`` one mask per sequence, shape ``(1, B, D * H_out)``.
 
-Sampling order (so that a seeded generator reproduces a run): for each layer, for each
-direction: input, recurrent, weight_hh, candidate, zoneout_h, zoneout_c (each only if its rate
-is non-zero); then that layer's between-layer mask.
+Sampling (:mod:`rnndrop.counter_rng` has the arithmetic): a training call draws **one seed**, two
+32-bit words, from the layer's (or the call's) ``torch.Generator``, else from torch's global CPU
+RNG — its only draw from torch's RNGs. Every mask element is then a keyed hash of counters, a pure
+function of (seed, layer ``k``, direction ``d``, mask kind, row, sample ``b``, unit ``j``); a mask of
+shape ``(rows, B, units)`` is drawn as ``counter_rng.keyed_draws(mask_keys(seed, k, d, kind), ...)``:
+
+  ===============  =====================================  ==================  ================
+  kind             rows (``a``)                           sample (``b``)      units (``j``)
+  ===============  =====================================  ==================  ================
+  ``input``        gate ``g`` (0 when shared)             ``b``               input feature
+  ``recurrent``    gate ``g`` (0 when shared)             ``b``               unit of ``h``
+  ``weight_hh``    row of ``W_hh`` (``G * H``)            always 0            column of ``W_hh``
+  ``candidate``    0                                      ``b``               unit of ``c``
+  ``zoneout_h/c``  timestep ``t``                         ``b``               unit
+  ``between``      timestep ``t`` (0 when locked)         ``b``               feature (``D * H_out``)
+  ===============  =====================================  ==================  ================
+
+  (``d`` is 0 for the between-layer mask after layer ``k``; ``b`` is always 0 with
+  ``mask_scope="batch"``, except for the per-step between-layer mask, which is per sample.)
+
+What is invariant, so that a seeded layer gives the same masks bit for bit: the batch size and how a
+batch is split (masks drawn for batch 8 restricted to samples 0..2 equal the masks drawn for batch 3;
+sample ``b``'s masks do not depend on the other samples), the sequence length (a per-step mask of
+``T`` steps is a prefix of one of ``T' > T`` steps), the thread count and the device (CPU, CUDA, with
+or without the compiled extension, whose sampler computes the same numbers). What changes them: the
+seed, the layer's sizes (``input_size``, ``hidden_size``, ``proj_size``, ``num_gates``, ``gate_masks``
+layout), the mask kind, the layer and the direction.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
 
+from .counter_rng import Seed, draw_seed, keyed_draws, mask_keys
 from .errors import RnnDropTypeError, RnnDropValueError
 
 GateMasks = Literal["shared", "per_gate"]
@@ -95,87 +119,6 @@ def bernoulli_mask(
     mask = torch.empty(tuple(shape), dtype=dtype, device=device)
     mask.bernoulli_(keep, generator=generator)
     return mask.div_(keep)
-
-
-# Zoneout's draws are counter-based: element i of a (T, B, H) draw is 1 when a keyed integer hash of
-# i falls below p (at a resolution of 2**-24), the two 32-bit keys drawn from the generator once per
-# mask. They are the largest random tensors a layer samples (fresh per step), and torch's CPU
-# Bernoulli costs about 10 ns per element (15 ms per mask on the main benchmark). The pure-torch code
-# below and the compiled kernel's sampler (registered by rnndrop._kernels when the extension loads;
-# about 1 ns per element) compute the very same numbers, so a seeded run is the same with or without
-# the extension, on any device.
-_HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # the "lowbias32" integer hash (C. Wellons)
-_MASK32 = 0xFFFFFFFF
-HASH_RESOLUTION = 1 << 24  # a draw's probability is round(p * 2**24) / 2**24
-
-# (key0, key1, p, shape, dtype) -> the draws, or None for a dtype it does not serve.
-FastSampler = Callable[[int, int, float, tuple[int, ...], torch.dtype], "torch.Tensor | None"]
-_fast_hashed_bernoulli: FastSampler | None = None
-
-
-def register_fast_sampler(sampler: FastSampler | None) -> None:
-    """Install (or remove, with ``None``) a CPU implementation of :func:`hashed_bernoulli`'s draws."""
-    global _fast_hashed_bernoulli
-    _fast_hashed_bernoulli = sampler
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` for int64 ``x`` in ``[0, 2**32)``, without leaving int64's range."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
-
-
-def _lowbias32(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, _HASH_MULTIPLIERS[0])
-    x = x ^ (x >> 15)
-    x = _mul32(x, _HASH_MULTIPLIERS[1])
-    return x ^ (x >> 16)
-
-
-def hashed_bernoulli(
-    shape: Sequence[int], p: float, keys: tuple[int, int] | torch.Tensor, *, dtype: torch.dtype,
-    device: torch.device | str,
-) -> torch.Tensor:
-    """Counter-based Bernoulli(p) draws: ``1`` where ``hash(i; keys) >> 8 < round(p * 2**24)``, else ``0``.
-
-    ``i`` is the element's row-major index in ``shape``; ``keys`` two integers in ``[0, 2**32)``.
-    """
-    shape = tuple(int(n) for n in shape)
-    threshold = round(p * HASH_RESOLUTION)
-    # Keys as Python ints for the compiled sampler; under torch.compile they stay tensors (no graph break).
-    if isinstance(keys, torch.Tensor) and not getattr(torch.compiler, "is_compiling", lambda: False)():
-        keys = (int(keys[0]), int(keys[1]))
-    device = torch.device(device)
-    if _fast_hashed_bernoulli is not None and device.type == "cpu" and isinstance(keys, tuple):
-        fast = _fast_hashed_bernoulli(keys[0], keys[1], threshold / HASH_RESOLUTION, shape, dtype)
-        if fast is not None:
-            return fast
-    k0, k1 = (keys[0], keys[1])
-    if isinstance(k0, torch.Tensor):
-        k0, k1 = k0.to(device), k1.to(device)
-    index = torch.arange(math.prod(shape), device=device, dtype=torch.int64)
-    x = _lowbias32((index & _MASK32) ^ k0)
-    x = _lowbias32(x ^ k1 ^ (index >> 32))
-    return ((x >> 8) < threshold).to(dtype).view(shape)
-
-
-def bernoulli_draw(
-    shape: Sequence[int],
-    p: float,
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Unscaled Bernoulli(p) draws (1 with probability ``p``): zoneout's keep-previous weights.
-
-    Counter-based (:func:`hashed_bernoulli`), keyed by two integers drawn from ``generator`` (torch's
-    global RNG without one), so seeded runs repeat.
-    """
-    key_device = generator.device if generator is not None else torch.device("cpu")
-    keys = torch.randint(0, 1 << 32, (2,), generator=generator, dtype=torch.int64, device=key_device)
-    return hashed_bernoulli(shape, p, keys, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)
@@ -259,40 +202,61 @@ class MaskSpec:
         dtype: torch.dtype,
         device: torch.device | str,
         generator: torch.Generator | None = None,
+        seed: Seed | None = None,
     ) -> DropoutMasks:
         """Draw all masks of a training call on ``batch`` sequences of ``time`` steps.
 
-        The order of draws is fixed (module docstring), so a seeded generator reproduces them.
+        One seed from ``generator`` (torch's global CPU RNG without one), unless ``seed`` (two 32-bit
+        words, see :func:`rnndrop.counter_rng.draw_seed`) is given; nothing is drawn when the spec
+        samples nothing. The masks are a function of the seed (module docstring).
         """
-        g = self.mask_gates
+        if self.is_empty():
+            return self._empty_masks()
+        if seed is None:
+            seed = draw_seed(generator)
         b = batch if self.scope == "sample" else 1
-        kw = {"dtype": dtype, "device": device, "generator": generator}
+        h, c = self.hidden_out, self.cell_size
+
+        def dropout(k: int, d: int, kind: str, shape: tuple[int, int, int], p: float) -> torch.Tensor:
+            return keyed_draws(mask_keys(seed, k, d, kind), p, shape, below=0.0, above=1.0 / (1.0 - p),
+                               dtype=dtype, device=device)
+
+        def zoneout(k: int, d: int, kind: str, size: int, z: float) -> torch.Tensor:
+            return keyed_draws(mask_keys(seed, k, d, kind), z, (time, b, size), below=1.0, above=0.0, dtype=dtype,
+                               device=device)
+
+        g = self.mask_gates
         layers = []
         between: list[torch.Tensor | None] = []
         for k in range(self.num_layers):
             directions = []
-            for _ in range(self.num_directions):
+            for d in range(self.num_directions):
                 m: dict[str, torch.Tensor] = {}
                 if self.input_p > 0:
-                    m["input"] = bernoulli_mask((g, b, self.input_sizes[k]), self.input_p, **kw)
+                    m["input"] = dropout(k, d, "input", (g, b, self.input_sizes[k]), self.input_p)
                 if self.recurrent_p > 0:
-                    m["recurrent"] = bernoulli_mask((g, b, self.hidden_out), self.recurrent_p, **kw)
+                    m["recurrent"] = dropout(k, d, "recurrent", (g, b, h), self.recurrent_p)
                 if self.weight_p > 0:
-                    shape = (self.num_gates * self.cell_size, self.hidden_out)
-                    m["weight_hh"] = bernoulli_mask(shape, self.weight_p, **kw)
+                    rows = self.num_gates * c
+                    m["weight_hh"] = dropout(k, d, "weight_hh", (rows, 1, h), self.weight_p).view(rows, h)
                 if self.candidate_p > 0:
-                    m["candidate"] = bernoulli_mask((1, b, self.cell_size), self.candidate_p, **kw)
+                    m["candidate"] = dropout(k, d, "candidate", (1, b, c), self.candidate_p)
                 if self.zoneout_h > 0:
-                    m["zoneout_h"] = bernoulli_draw((time, b, self.hidden_out), self.zoneout_h, **kw)
+                    m["zoneout_h"] = zoneout(k, d, "zoneout_h", h, self.zoneout_h)
                 if self.zoneout_c > 0:
-                    m["zoneout_c"] = bernoulli_draw((time, b, self.cell_size), self.zoneout_c, **kw)
+                    m["zoneout_c"] = zoneout(k, d, "zoneout_c", c, self.zoneout_c)
                 directions.append(DirectionMasks(**m))
             layers.append(tuple(directions))
             if k < self.num_layers - 1:
-                steps = 1 if self.locked_between else time
-                shape = (steps, b if self.locked_between else batch, self.num_directions * self.hidden_out)
-                between.append(bernoulli_mask(shape, self.between_p, **kw) if self.between_p > 0 else None)
+                steps, samples = (1, b) if self.locked_between else (time, batch)
+                shape = (steps, samples, self.num_directions * h)
+                between.append(dropout(k, 0, "between", shape, self.between_p) if self.between_p > 0 else None)
         return DropoutMasks(tuple(layers), tuple(between))
+
+    def _empty_masks(self) -> DropoutMasks:
+        direction = DirectionMasks()
+        layers = tuple((direction,) * self.num_directions for _ in range(self.num_layers))
+        return DropoutMasks(layers, (None,) * (self.num_layers - 1))
 
     def eval_masks(self, *, dtype: torch.dtype, device: torch.device | str) -> DropoutMasks | None:
         """What an eval-mode call uses: nothing, except zoneout's expectation (constant ``z``)."""

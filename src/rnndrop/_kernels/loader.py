@@ -190,17 +190,19 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
 
 
 def _register_sampler(module: ModuleType) -> None:
-    """Zoneout's counter-based draws from the extension (the same numbers as masks.py's torch code)."""
-    if not hasattr(module, "hashed_bernoulli"):
+    """The masks' counter-based draws from the extension (the same numbers as counter_rng's torch code)."""
+    if not hasattr(module, "keyed_draws"):
         return
-    from .. import masks
+    from .. import counter_rng
 
-    def sampler(k0: int, k1: int, p: float, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        if dtype not in (torch.float32, torch.float64):
-            return None  # masks.py's torch code draws other dtypes
-        return module.hashed_bernoulli(k0, k1, p, list(shape), dtype)
+    draw = module.keyed_draws
+    served = (torch.float32, torch.float64)  # counter_rng's torch code draws the other dtypes
 
-    masks.register_fast_sampler(sampler)
+    def sampler(k0: int, k1: int, threshold: int, shape: tuple[int, int, int], below: float, above: float,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        return draw(k0, k1, threshold, *shape, below, above, dtype) if dtype in served else None
+
+    counter_rng.register_fast_sampler(sampler, "cpu")
 
 
 def _load_library(path: Path) -> ModuleType:

@@ -1374,11 +1374,13 @@ Tensor input_projection(const Tensor& x, const Tensor& w, const c10::optional<Te
   return out.view({Tn, B, GH});
 }
 
-// ---------------------------------------------------------------- zoneout's counter-based draws
+// ---------------------------------------------------------------- counter-based mask draws
 //
-// rnndrop.masks.hashed_bernoulli, the same numbers: element i is 1 when lowbias32 (C. Wellons' integer
-// hash), keyed twice, of i falls below `probability` at a resolution of 2^-24. The pure-torch version
-// there is the definition (tests compare the two); this one fills about a float per nanosecond.
+// rnndrop.counter_rng, the same numbers (its docstring is the definition; tests compare the two).
+// Element (a, b, c) of an (A, B, C) draw is `below` when x >> 8 < threshold, else `above`, where
+// x = lowbias32(lowbias32(lo ^ k0) ^ lowbias32(b ^ k1)) and lo = a * C + c mod 2^32 (lowbias32: C. Wellons'
+// integer hash). The first hash depends on (a, c) only: computed once and reused by every sample b, so
+// the inner loop is one hash per element, which the compiler vectorises (8 lanes with AVX2).
 
 inline uint32_t lowbias32(uint32_t x) {
   x ^= x >> 16;
@@ -1389,21 +1391,75 @@ inline uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
-Tensor hashed_bernoulli(int64_t k0, int64_t k1, double probability, at::IntArrayRef shape, at::ScalarType dtype) {
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "hashed_bernoulli: float32 or float64, got ", dtype);
-  Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const int64_t n = out.numel();
+// The keys of one mask from the call's seed (s0, s1): counter_rng.mask_keys, kind = its MASK_KINDS code.
+inline std::pair<uint32_t, uint32_t> mask_key_pair(uint32_t s0, uint32_t s1, int64_t layer, int64_t direction,
+                                                   int64_t kind) {
+  const uint32_t stream = static_cast<uint32_t>((layer * 2 + direction) * 8 + kind);
+  const uint32_t k0 = lowbias32(lowbias32(stream ^ s0) ^ s1);
+  const uint32_t k1 = lowbias32(lowbias32(s1 ^ stream ^ 0x9e3779b9u) ^ s0);
+  return {k0, k1};
+}
+
+std::vector<int64_t> mask_keys(int64_t s0, int64_t s1, int64_t layer, int64_t direction, int64_t kind) {
+  const auto k = mask_key_pair(static_cast<uint32_t>(s0), static_cast<uint32_t>(s1), layer, direction, kind);
+  return {static_cast<int64_t>(k.first), static_cast<int64_t>(k.second)};
+}
+
+Tensor keyed_draws(int64_t k0, int64_t k1, int64_t threshold, int64_t A, int64_t Bn, int64_t C, double below,
+                   double above, at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "keyed_draws: float32 or float64, got ", dtype);
+  TORCH_CHECK(A >= 0 && Bn >= 0 && C >= 0 && threshold >= 0 && threshold <= (int64_t{1} << 24),
+              "keyed_draws: bad shape or threshold");
+  Tensor out = at::empty({A, Bn, C}, at::TensorOptions().dtype(dtype));
+  if (out.numel() == 0) return out;
   const uint32_t key0 = static_cast<uint32_t>(k0), key1 = static_cast<uint32_t>(k1);
-  const uint32_t threshold = static_cast<uint32_t>(std::llround(probability * 16777216.0));
-  AT_DISPATCH_FLOATING_TYPES(dtype, "hashed_bernoulli", [&] {
+  const uint32_t thr = static_cast<uint32_t>(threshold);
+  std::vector<uint32_t> first(static_cast<size_t>(A * C));
+  uint32_t* u = first.data();
+  uint32_t lo = 0;  // the counter a * C + c, modulo 2^32
+  for (int64_t i = 0; i < A * C; ++i, ++lo) u[i] = lowbias32(lo ^ key0);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "keyed_draws", [&] {
+    const scalar_t lo_v = static_cast<scalar_t>(below), hi_v = static_cast<scalar_t>(above);
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        uint32_t x = lowbias32(static_cast<uint32_t>(i) ^ key0);
-        x = lowbias32(x ^ key1 ^ static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32));
-        o[i] = (x >> 8) < threshold ? scalar_t(1) : scalar_t(0);
+    auto rows = [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t a = r / Bn, b = r - a * Bn;
+        const uint32_t v = lowbias32(static_cast<uint32_t>(b) ^ key1);
+        const uint32_t* ur = u + a * C;
+        scalar_t* orow = o + r * C;
+        int64_t c = 0;
+#if defined(__AVX2__)
+        if constexpr (std::is_same_v<scalar_t, float>) {  // 8 draws at a time (the scalar loop's numbers)
+          const __m256i vv = _mm256_set1_epi32(static_cast<int>(v)), tv = _mm256_set1_epi32(static_cast<int>(thr));
+          const __m256i m0 = _mm256_set1_epi32(0x7feb352d), m1 = _mm256_set1_epi32(static_cast<int>(0x846ca68bu));
+          const __m256 below_v = _mm256_set1_ps(static_cast<float>(lo_v)), above_v = _mm256_set1_ps(static_cast<float>(hi_v));
+          float* of = reinterpret_cast<float*>(orow);  // scalar_t is float here (not a template: no discarded branch)
+          for (; c + 8 <= C; c += 8) {
+            __m256i x = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ur + c)), vv);
+            x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+            x = _mm256_mullo_epi32(x, m0);
+            x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+            x = _mm256_mullo_epi32(x, m1);
+            x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+            // x >> 8 < 2^24 and thr <= 2^24: a signed comparison is the unsigned one.
+            const __m256i hit = _mm256_cmpgt_epi32(tv, _mm256_srli_epi32(x, 8));
+            _mm256_storeu_ps(of + c, _mm256_blendv_ps(above_v, below_v, _mm256_castsi256_ps(hit)));
+          }
+        }
+#endif
+        for (; c < C; ++c) {
+          const uint32_t x = lowbias32(ur[c] ^ v);
+          orow[c] = (x >> 8) < thr ? lo_v : hi_v;
+        }
       }
-    });
+    };
+    // Threads only for large draws (a parallel region costs microseconds); any split gives the same numbers.
+    constexpr int64_t kSerial = int64_t{1} << 17;
+    if (out.numel() < kSerial) {
+      rows(0, A * Bn);
+    } else {
+      at::parallel_for(0, A * Bn, std::max<int64_t>(1, (kSerial / 4) / C), rows);
+    }
   });
   return out;
 }
@@ -1418,7 +1474,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_into", &rnndrop::project_into, "out[:, r0:r0+N] <- x @ w[r0:r0+N]^T on the packed micro-kernel");
   m.def("input_projection", &rnndrop::input_projection, "gi = (x * mask_g) @ W_ih[g]^T, functional (for compile)");
   m.def("has_projection", &rnndrop::has_projection, "whether project_into is built (float32 AVX-512)");
-  m.def("hashed_bernoulli", &rnndrop::hashed_bernoulli, "zoneout's counter-based Bernoulli draws (see masks.py)");
+  m.def("keyed_draws", &rnndrop::keyed_draws, "counter-based mask draws (see rnndrop/counter_rng.py)");
+  m.def("mask_keys", &rnndrop::mask_keys, "a mask's keys from the call's seed (see rnndrop/counter_rng.py)");
   m.def("clear_packed_weights", &rnndrop::clear_packed_weights, "forget every cached packed W_hh");
   m.def("packed_weight_stats", &rnndrop::packed_weight_stats, "[hits, misses, entries] of the packed-W_hh cache");
   m.attr("ABI_VERSION") = 2;
