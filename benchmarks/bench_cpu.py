@@ -64,6 +64,8 @@ import torch
 from torch import nn
 
 import rnndrop
+from rnndrop._kernels import ops
+from rnndrop._kernels.torch_native import onednn_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script beside its helper module
 from bench_common import CellLoop, P, write_results
@@ -94,7 +96,7 @@ def variants(mode: str, input_size: int, hidden: int) -> dict[str, Variant]:
     ours = rnndrop.LSTM if mode == "LSTM" else rnndrop.GRU
     drop = {"input_dropout": P, "recurrent_dropout": P}
     zone = {"zoneout_hidden": 0.1, **({"zoneout_cell": 0.1} if mode == "LSTM" else {})}
-    return {
+    rows = {
         "torch.nn": Variant(torch_cls(input_size, hidden)),
         "torch.nn bf16": Variant(torch_cls(input_size, hidden), bf16=True),
         "torch eval": Variant(ours(input_size, hidden, backend="torch", **drop), "torch", train_mode=False),
@@ -117,6 +119,13 @@ def variants(mode: str, input_size: int, hidden: int) -> dict[str, Variant]:
                                   mc_inference=True),
         "cell loop+drop": Variant(CellLoop(mode, input_size, hidden), mc_inference=True),
     }
+    # bf16 rows only where they run: torch's LSTM needs oneDNN's bf16 (AVX512-BF16 / AMX), the fused kernel
+    # AVX512_BF16 (elsewhere the first raises and the second falls back to the reference loop).
+    if mode == "LSTM" and not onednn_bf16():
+        del rows["torch.nn bf16"]
+    if not ops.cpu_has_bf16():
+        del rows["fused+drop bf16"]
+    return rows
 
 
 def _first(out: object) -> torch.Tensor:

@@ -21,6 +21,7 @@ to the input's dtype so that every path returns what :mod:`rnndrop.reference` re
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -31,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..cells import drop_weight
 from ..masks import DirectionMasks, DropoutMasks
 from ..reference import CellConfig, DirectionParams
+from .autograd import cpu_autocast_dtype
 
 _FOLDABLE_MASKS = {"input", "recurrent"}
 
@@ -93,11 +95,23 @@ def _steps_reason(step_mask: torch.Tensor | None, zero_masked_output: bool) -> s
     return None
 
 
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU (AVX512-BF16 or AMX): torch's CPU LSTM under bf16 autocast needs it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # no oneDNN in this torch build
+        return False
+
+
 def torch_ineligible(call) -> str | None:  # call: registry.Call (not imported: registry imports this module)
     """``None`` if torch's own kernel computes this call exactly (after folding), else why not."""
     cfg, x = call.cfg, call.x
     if x.device.type not in ("cpu", "cuda"):
         return f"input is on {x.device}"
+    if x.device.type == "cpu" and cfg.mode == "LSTM" and cpu_autocast_dtype() is not None and not onednn_bf16():
+        return ("torch's CPU LSTM under low-precision autocast needs oneDNN's bf16 support (AVX512-BF16 or AMX), "
+                "which this CPU lacks")
     if _is_compiling():
         # Dynamo graph-breaks on torch's RNN ops (torch._dynamo.config.allow_rnn is off by default);
         # the fused kernel is a custom op that stays in the graph.
