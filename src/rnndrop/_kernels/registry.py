@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -222,7 +223,8 @@ def torch_yields(call: Call) -> str | None:
     with one thread for larger products only (see ``_SINGLE_THREAD_LSTM_WORK``). Dense LSTM inference
     in float32 is oneDNN's at least as fast (fused 0.96-1.12x), and under bf16 autocast faster
     (benchmarks/bench_cpu.py: fused 0.91-1.16x torch.nn bf16): it stays on torch's.
-    CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
+    CUDA calls are never yielded: cuDNN keeps every call it can take until a GPU run has measured rnndrop's
+    Triton loops against it (docs/benchmarks.md, CUDA section).
     """
     if call.x.device.type != "cpu" or _is_compiling():  # under compile torch's entry refuses the call anyway
         return None
@@ -252,10 +254,54 @@ def torch_yields(call: Call) -> str | None:
 _SINGLE_THREAD_LSTM_WORK = 3 << 20
 
 
+class _Fallback(threading.local):
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+_fallback = _Fallback()
+
+
+def take_fallback() -> str | None:
+    """Why the last stack call on this thread ran on the reference path after its kernel failed (then
+    cleared), or ``None``: the layer reports it as its ``last_backend_reason``."""
+    reason, _fallback.reason = _fallback.reason, None
+    return reason
+
+
+@torch.compiler.disable
+def triton_run_stack(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    init_states: Sequence[torch.Tensor],
+    params: Sequence[Sequence[DirectionParams]],
+    masks: DropoutMasks | None,
+    step_mask: torch.Tensor | None,
+    zero_masked_output: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:func:`rnndrop.reference.run_stack` over the Triton kernels' direction function.
+
+    Outside ``torch.compile``'s graph (Triton launches are not traceable ops: Dynamo runs this call eagerly
+    between two graphs). A failed first launch on the GPU (no C compiler for Triton's launcher, no libcuda,
+    a ptxas error) takes the kernels out of service for the process and runs this call on the reference
+    path, with a warning and the reason, instead of raising inside the layer's forward.
+    """
+    try:
+        return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output,
+                         direction_fn=triton_run_direction)
+    except triton_autograd.LaunchError as exc:
+        reason = str(exc)
+        triton_autograd.mark_failed(reason)
+        _fallback.reason = reason
+        warnings.warn(f"rnndrop: {reason}. This call and the next ones run on the reference path.",
+                      KernelFallbackWarning, stacklevel=_user_stacklevel())
+        return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
+
+
 KERNELS: tuple[Kernel, ...] = (
     Kernel("torch", torch_ineligible, torch_run_stack, torch_yields),
     Kernel("fused", cpu_ineligible, functools.partial(run_stack, direction_fn=fused_run_direction)),
-    Kernel("triton", triton_ineligible, functools.partial(run_stack, direction_fn=triton_run_direction)),
+    Kernel("triton", triton_ineligible, triton_run_stack),
 )
 
 def _is_compiling() -> bool:
