@@ -32,12 +32,15 @@ def check(case: Case, loop: str) -> None:
 
 
 # Every cell variant and mask layout on each loop: bidirectional (reverse walk, the outputs a view of the
-# states in both orders), step masks with carry-over (separate state buffer) or none (the view).
-@pytest.mark.parametrize("loop", FAST_LOOPS)
-@pytest.mark.parametrize("mode,reset_after,gate_masks,steps", [
-    ("LSTM", True, "per_gate", "random"), ("LSTM", True, "shared", "none"), ("GRU", True, "per_gate", "none"),
-    ("GRU", False, "per_gate", "random"), ("GRU", False, "shared", "none"), ("RNN", True, "shared", "left"),
-])
+# states in both orders), step masks with carry-over (separate state buffer) or none (the view). The graph
+# loop replays the steps loop (test_triton_exactness): two cases check its buffers with and without the view.
+CELL_CASES = [("LSTM", True, "per_gate", "random"), ("LSTM", True, "shared", "none"), ("GRU", True, "per_gate", "none"),
+              ("GRU", False, "per_gate", "random"), ("GRU", False, "shared", "none"), ("RNN", True, "shared", "left")]
+
+
+@pytest.mark.parametrize("loop,mode,reset_after,gate_masks,steps",
+                         [(loop, *c) for loop in ("fused_steps", "persistent") for c in CELL_CASES]
+                         + [("graph", *CELL_CASES[0]), ("graph", *CELL_CASES[4])])
 def test_loop_equals_the_reference(triton_device: str, loop: str, mode: str, reset_after: bool, gate_masks: str,
                                    steps: str) -> None:
     check(Case(mode=mode, reset_after=reset_after, gate_masks=gate_masks, steps=steps, batch=3, time=4, input_size=3,
@@ -48,7 +51,7 @@ def test_loop_equals_the_reference(triton_device: str, loop: str, mode: str, res
 # sequence kernels) and 37 * 20 = 740 elements three blocks of 256 (the per-step kernels); 20 units are
 # one ragged product tile, 16 * 20 = 320 elements two ragged iterations of a program's element loop.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("loop", ["steps", *FAST_LOOPS])
+@pytest.mark.parametrize("loop", ["steps", "fused_steps", "persistent"])  # graph: the steps loop, replayed
 def test_several_programs_and_ragged_blocks(triton_device: str, loop: str, dtype: torch.dtype) -> None:
     check(Case(mode="LSTM", gate_masks="per_gate", steps="random", batch=37, time=3, input_size=5, hidden=20,
                dtype=dtype, device=triton_device), loop)
