@@ -8,20 +8,28 @@ One command on a machine with an NVIDIA GPU (exits with a message and status 1 w
 
 For each config ``(B, T, in, hidden)`` and cell (LSTM, GRU) it measures:
 
-* ``torch.nn``          torch.nn.LSTM / GRU (cuDNN) without dropout — the bar every ratio is taken to;
-* ``triton``            rnndrop on its Triton kernels, no dropout;
-* ``triton+drop``       the same with input_dropout = recurrent_dropout = 0.25, shared masks;
-* ``triton+drop/gate``  the same with one mask per gate (Keras's layout);
-* ``cell loop+drop``    a Python loop over torch.nn.LSTMCell / GRUCell with time-locked masks on x
-                        and h (what PyTorch users write today).
+* ``torch.nn``             torch.nn.LSTM / GRU (cuDNN) without dropout — the bar every ratio is taken to;
+* ``auto``                 rnndrop with input_dropout = recurrent_dropout = 0.25 and ``backend="auto"``:
+                           training on the Triton path (default loop), inference in eval mode (cuDNN);
+* ``<loop>+drop``          rnndrop on its Triton kernels with that dropout (shared masks, per sample), one
+                           row per time loop of the CUDA path (``steps``, ``fused_steps``, ``persistent``,
+                           ``graph``: rnndrop/_kernels/triton_autograd.py), inference as Monte-Carlo dropout;
+* ``persistent+drop/gate`` the persistent loop with one mask per gate (Keras's layout);
+* ``cell loop+drop``       a Python loop over torch.nn.LSTMCell / GRUCell with time-locked masks on x
+                           and h (what PyTorch users write today).
 
 Times: one *training step* (forward, ``sum`` loss, backward; gradients reset to None) and one
-*inference* call (forward under ``torch.no_grad``; torch.nn and ``triton`` in eval mode, dropout
+*inference* call (forward under ``torch.no_grad``; torch.nn and ``auto`` in eval mode, dropout
 variants in training mode, i.e. Monte-Carlo dropout). Each call is timed with CUDA events around
 it (so the CPU's launch work counts when the GPU waits for it) and synchronised; every variant
 is warmed up (which also compiles the Triton kernels), then the variants run interleaved round
 after round and each reports the median of its rounds. Peak memory of a training step: the
 growth of ``torch.cuda.max_memory_allocated`` during one step.
+
+Float32 precision: both sides run at the same one, recorded in the results (``--precision``: "ieee",
+the default, sets cuDNN's RNN and cuBLAS's matmuls to IEEE float32 — torch 2.13's cuDNN RNN defaults
+to TF32 while its matmuls do not; "tf32" sets both to TF32). rnndrop's ``tl.dot`` follows the matmul
+flag.
 
 Results: a table on stdout and a JSON file (``--json``) with the device, driver, torch, triton,
 CUDA and cuDNN versions and the date.
@@ -30,9 +38,11 @@ CUDA and cuDNN versions and the date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -56,38 +66,73 @@ CONFIGS: dict[str, tuple[int, int, int, int]] = {
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def variants(mode: str, input_size: int, hidden: int, device: str) -> dict[str, tuple[nn.Module, str | None]]:
-    """name -> (module on ``device``, expected rnndrop backend or None)."""
+LOOPS = ("steps", "fused_steps", "persistent", "graph")  # triton_autograd.LOOPS (checked in main)
+PRECISIONS = ("ieee", "tf32")
+
+
+class Variant:
+    """One timed row: a module, the rnndrop backend each kind of call must take, the CUDA loop it runs."""
+
+    def __init__(self, module: nn.Module, train: str | None = None, infer: str | None = None,
+                 loop: str | None = None, eval_infer: bool = False) -> None:
+        self.module, self.loop, self.eval_infer = module, loop, eval_infer
+        self.expected = {"train": train, "infer": infer}
+
+    def context(self) -> contextlib.AbstractContextManager:
+        if self.loop is None:
+            return contextlib.nullcontext()
+        from rnndrop._kernels import triton_autograd
+
+        return triton_autograd.use_loop(self.loop)
+
+
+def variants(mode: str, input_size: int, hidden: int, device: str) -> dict[str, Variant]:
+    """name -> the variant, its module on ``device``."""
     torch_cls = nn.LSTM if mode == "LSTM" else nn.GRU
     ours = rnndrop.LSTM if mode == "LSTM" else rnndrop.GRU
     drop = {"input_dropout": P, "recurrent_dropout": P}
     mods = {
-        "torch.nn": (torch_cls(input_size, hidden), None),
-        "triton": (ours(input_size, hidden, backend="fused"), "triton"),
-        "triton+drop": (ours(input_size, hidden, backend="fused", **drop), "triton"),
-        "triton+drop/gate": (ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop), "triton"),
-        "cell loop+drop": (CellLoop(mode, input_size, hidden), None),
+        "torch.nn": Variant(torch_cls(input_size, hidden), eval_infer=True),
+        # auto's eval calls go to cuDNN (the smoke run on CPU tensors keeps only the Triton entry).
+        "auto": Variant(ours(input_size, hidden, **drop), "triton", "torch" if device == "cuda" else None,
+                        eval_infer=True),
     }
-    return {name: (module.to(device), expected) for name, (module, expected) in mods.items()}
+    for loop in LOOPS:
+        mods[f"{loop}+drop"] = Variant(ours(input_size, hidden, backend="fused", **drop), "triton", "triton", loop)
+    mods["persistent+drop/gate"] = Variant(ours(input_size, hidden, backend="fused", gate_masks="per_gate", **drop),
+                                           "triton", "triton", "persistent")
+    mods["cell loop+drop"] = Variant(CellLoop(mode, input_size, hidden))
+    for v in mods.values():
+        v.module.to(device)
+    return mods
+
+
+def set_precision(precision: str) -> dict[str, str]:
+    """cuDNN's RNN and cuBLAS's float32 matmuls at one precision ("ieee" or "tf32"); returns what is set."""
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.rnn.fp32_precision = precision
+    return {"cuda.matmul": torch.backends.cuda.matmul.fp32_precision,
+            "cudnn.rnn": torch.backends.cudnn.rnn.fp32_precision}
 
 
 def _first(out: object) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
 
 
-def train_step(module: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> None:
-    module.train()
-    for p in module.parameters():
+def train_step(v: Variant, x: torch.Tensor, amp: torch.dtype | None) -> None:
+    v.module.train()
+    for p in v.module.parameters():
         p.grad = None
-    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-        loss = _first(module(x)).float().sum()
-    loss.backward()
+    with v.context(), torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss = _first(v.module(x)).float().sum()
+        loss.backward()
 
 
-def infer_step(name: str, module: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> None:
-    module.train("drop" in name)  # dropout variants: Monte-Carlo dropout; others eval
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-        module(x)
+def infer_step(v: Variant, x: torch.Tensor, amp: torch.dtype | None) -> None:
+    v.module.train(not v.eval_infer)  # dropout variants: Monte-Carlo dropout; torch.nn and auto: eval
+    with v.context(), torch.no_grad(), torch.autocast(x.device.type, dtype=amp or torch.bfloat16,
+                                                      enabled=amp is not None):
+        v.module(x)
 
 
 def timer(device: str) -> Callable[[Callable[[], None]], float]:
@@ -128,17 +173,19 @@ def bench_config(cfg_name: str, mode: str, device: str, repeats: int, warmup: in
     mods = variants(mode, input_size, hidden, device)
     x = torch.randn(steps, batch, input_size, device=device)
     runs: dict[str, dict[str, Callable[[], None]]] = {}
-    for name, (module, _) in mods.items():
+    for name, v in mods.items():
         runs[name] = {
-            "train": (lambda m=module: train_step(m, x, amp)),
-            "infer": (lambda m=module, n=name: infer_step(n, m, x, amp)),
+            "train": (lambda v=v: train_step(v, x, amp)),
+            "infer": (lambda v=v: infer_step(v, x, amp)),
         }
     # Check the backend really used before timing anything (a silent fallback would fake the figures).
-    for name, (module, expected) in mods.items():
-        runs[name]["train"]()
-        runs[name]["infer"]()
-        if expected is not None:
-            assert module.last_backend == expected, f"{name} ran {module.last_backend}: {module.last_backend_reason}"
+    for name, v in mods.items():
+        for kind in ("train", "infer"):
+            runs[name][kind]()
+            want = v.expected[kind]
+            if want is not None:
+                got = v.module.last_backend
+                assert got == want, f"{name} {kind} ran {got}: {v.module.last_backend_reason}"
     time_ms = timer(device)
     times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in mods}
     for kind in ("train", "infer"):
@@ -175,31 +222,44 @@ def machine(device: str) -> dict[str, object]:
         props = torch.cuda.get_device_properties(0)
         info.update(device=props.name, capability=f"{props.major}.{props.minor}",
                     multiprocessors=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+                    driver=_driver())
     else:
         info["device"] = "cpu (Triton interpreter; smoke run, not a measurement)"
     return info
 
 
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def profile(cfg_name: str, mode: str, amp: torch.dtype | None, path: Path) -> None:
-    """torch.profiler table of one training step of ``triton+drop`` (where a step's time goes)."""
+    """torch.profiler tables of one training step of each dropout loop (where a step's time goes)."""
     batch, steps, input_size, hidden = CONFIGS[cfg_name]
-    module, _ = variants(mode, input_size, hidden, "cuda")["triton+drop"]
+    mods = variants(mode, input_size, hidden, "cuda")
     x = torch.randn(steps, batch, input_size, device="cuda")
-    for _ in range(3):
-        train_step(module, x, amp)
-    torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        train_step(module, x, amp)
+    parts = []
+    for loop in LOOPS:
+        v = mods[f"{loop}+drop"]
+        for _ in range(3):
+            train_step(v, x, amp)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    path.write_text(f"{cfg_name} {mode} triton+drop, one training step, amp={amp}\n{table}\n")
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            train_step(v, x, amp)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+        parts.append(f"{cfg_name} {mode} {loop}+drop, one training step, amp={amp}\n{table}\n")
+    path.write_text("\n".join(parts))
     print(f"wrote {path}")
 
 
 def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
-    header = (f"{'config':<11} {'cell':<5} {'variant':<17} {'train ms':>9} {'ratio':>6} {'loop/x':>7} "
+    header = (f"{'config':<11} {'cell':<5} {'variant':<20} {'train ms':>9} {'ratio':>6} {'loop/x':>7} "
               f"{'infer ms':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
     print(header)
     print("-" * len(header))
@@ -214,7 +274,7 @@ def print_table(results: dict[str, dict[str, dict[str, dict]]]) -> None:
                 mem_s = f"{mem:9.1f}" if mem is not None else f"{'-':>9}"
                 mem_r = f"{mem / bar_mem:6.2f}" if mem is not None and bar_mem else f"{'-':>6}"
                 print(
-                    f"{cfg_name:<11} {mode:<5} {name:<17} {e['train']:9.3f} {e['train'] / bar['train']:6.2f} "
+                    f"{cfg_name:<11} {mode:<5} {name:<20} {e['train']:9.3f} {e['train'] / bar['train']:6.2f} "
                     f"{loop['train'] / e['train']:7.1f} {e['infer']:9.3f} {e['infer'] / bar['infer']:6.2f} "
                     f"{mem_s} {mem_r}"
                 )
@@ -233,8 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the results (default benchmarks/results/bench_cuda[_quick].json)")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="also write a torch.profiler table of one LSTM training step (main config) here")
+                        help="also write torch.profiler tables of one LSTM training step per loop (main config) here")
+    parser.add_argument("--also-gru", action="append", choices=sorted(CONFIGS), default=[],
+                        help="(repeatable) also run the GRU on this config, whatever --cell says")
+    parser.add_argument("--precision", choices=PRECISIONS, default="ieee",
+                        help="float32 precision of cuDNN's RNN and of cuBLAS / tl.dot (the same on both sides)")
     args = parser.parse_args(argv)
+    from rnndrop._kernels import triton_autograd
+
+    assert tuple(triton_autograd.LOOPS) == LOOPS, "bench_cuda.LOOPS is out of date"
     if not torch.cuda.is_available():
         print("bench_cuda: no CUDA device (torch.cuda.is_available() is False); this benchmark needs an NVIDIA "
               "GPU. The CPU benchmark is benchmarks/bench_cpu.py.", file=sys.stderr)
@@ -247,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.json or Path(__file__).parent / "results" / f"bench_cuda{suffix}.json"
 
     info = machine("cuda")
+    info["fp32_precision"] = set_precision(args.precision)
     print(f"rnndrop CUDA benchmark, {dt.datetime.now().isoformat(timespec='seconds')}, amp={args.amp}; {info}")
     results: dict[str, dict[str, dict[str, dict]]] = {}
     failed = False
     for cfg_name in configs:
-        for mode in cells:
+        for mode in cells + [m for m in ("GRU",) if cfg_name in args.also_gru and m not in cells]:
             start = time.perf_counter()
             try:
                 entry = bench_config(cfg_name, mode, "cuda", repeats, args.warmup, amp)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._kernels import BACKENDS, select_stack_fn
+from ._kernels.registry import take_fallback
 from ._pickling import GeneratorPicklingMixin
 from ._runtime import is_compiling
 from .activations import resolve_activation
@@ -615,6 +616,9 @@ class RecurrentBase(GeneratorPicklingMixin, nn.Module):
         # Plain attributes, set past nn.Module.__setattr__'s parameter/buffer/module bookkeeping (per call).
         self.__dict__["last_backend"], self.__dict__["last_backend_reason"] = backend, reason
         output, finals = stack_fn(self.cell_config, x, states, params, masks, steps, zero_masked)
+        fallback = take_fallback()  # the kernel failed on its first launch: the reference path ran
+        if fallback is not None:
+            self.__dict__["last_backend"], self.__dict__["last_backend_reason"] = "reference", fallback
         if packed:
             sorted_idx = input.sorted_indices
             out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnndrop._kernels import triton_autograd
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cuda.py"
 
 
@@ -30,7 +32,8 @@ def test_tiny_config_runs_every_variant_on_the_expected_path(triton_device: str)
     bench = _load()
     for amp in (None, torch.bfloat16):
         result = bench.bench_config("tiny", "GRU", triton_device, repeats=1, warmup=0, amp=amp)
-        assert set(result) == {"torch.nn", "triton", "triton+drop", "triton+drop/gate", "cell loop+drop"}
+        loops = {f"{loop}+drop" for loop in triton_autograd.LOOPS}
+        assert set(result) == {"torch.nn", "auto", "persistent+drop/gate", "cell loop+drop"} | loops
         for entry in result.values():
             assert entry["train"] > 0 and entry["infer"] > 0 and len(entry["train_runs_ms"]) == 1
             assert (entry["peak_mib"] is None) == (triton_device != "cuda")

@@ -116,7 +116,9 @@ def test_folded_masks_do_drop(monkeypatch) -> None:
 INELIGIBLE = [
     (lambda: rnndrop.LSTM(3, 4, recurrent_dropout=0.3), {}, "per-sample recurrent"),
     (lambda: rnndrop.LSTM(3, 4, input_dropout=0.3, gate_masks="per_gate"), {}, "per-gate per-sample input"),
-    (lambda: rnndrop.GRU(3, 4, input_dropout=0.3, bidirectional=True), {}, "bidirectional"),
+    # Issue 20: without padding such a layer runs as two one-directional calls (test below).
+    (lambda: rnndrop.GRU(3, 4, input_dropout=0.3, bidirectional=True), {"lengths": torch.tensor([5, 3])},
+     "bidirectional layer .* padded sequences"),
     (lambda: rnndrop.GRU(3, 4, reset_after=False).eval(), {}, "reset_after=False"),
     (lambda: rnndrop.LSTM(3, 4, recurrent_activation="hard_sigmoid").eval(), {}, "activations"),
     (lambda: rnndrop.RNN(3, 4, nonlinearity="sigmoid").eval(), {}, "nonlinearity"),
@@ -128,6 +130,18 @@ INELIGIBLE = [
      {"step_mask": torch.tensor([[True, False, True, True, True]] * 2)}, "holes"),
     (lambda: rnndrop.LSTM(3, 4).eval(), {"lengths": torch.tensor([5, 0])}, "length 0"),
 ]
+
+
+def test_bidirectional_shared_input_masks_run_as_two_calls() -> None:
+    """A bidirectional layer whose only masks are per-sample input masks shared by the gates: two
+    one-directional calls of torch's kernel (the reverse one on the reversed input), equal to the reference."""
+    for mode in ("LSTM", "GRU"):
+        case = Case(mode=mode, bidirectional=True, num_layers=2, input_p=0.3, recurrent_p=0.0, between_p=0.2,
+                    batch=3, time=4)
+        res = run_twins(case, backend="torch")
+        assert res["backends"] == ["torch", "reference"], res["backends"]
+        err, where = max_scaled_error(res["pairs"])
+        assert err <= TOLERANCE[case.dtype], f"{mode}: {where}: {err:.2e}"
 
 
 @pytest.mark.parametrize("make,kwargs,reason", INELIGIBLE, ids=[r for _, _, r in INELIGIBLE])

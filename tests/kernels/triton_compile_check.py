@@ -58,7 +58,8 @@ class _CompileOnly:
             assert "cubin" in kernel.asm, f"{self.inner.__name__}: no cubin"
             self.seen.add(key)
             flags = " ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-            print(f"sm_{self.arch} {self.inner.__name__:<13} {flags}  ({time.perf_counter() - start:.1f} s)")
+            took = time.perf_counter() - start
+            print(f"sm_{self.arch} {self.inner.__name__:<13} {flags}  ({took:.1f} s)", flush=True)
 
         return compile_only
 
@@ -75,6 +76,30 @@ def configs() -> list[dict[str, Any]]:
                         amp=torch.bfloat16))
         out.append(dict(mode=mode, reset_after=reset_after, gm=1, steps=False, dtype=torch.float64, amp=None))
     return out
+
+
+def seq_configs() -> list[dict[str, Any]]:
+    """The sequence kernels (``persistent`` / ``fused_steps`` loops; ``graph`` replays the per-step kernels):
+    every cell with per-gate masks and a step mask, the shared and unmasked layouts without one (the outputs
+    a view of the states), autocast bf16 and float64."""
+    out = [dict(mode=m, reset_after=r, gm="G", steps=True, dtype=torch.float32, amp=None)
+           for m, r in [("LSTM", True), ("GRU", True), ("GRU", False), ("RNN", True)]]
+    out += [dict(mode="LSTM", reset_after=True, gm=gm, steps=False, dtype=torch.float32, amp=None) for gm in (0, 1)]
+    out += [dict(mode="GRU", reset_after=False, gm=1, steps=False, dtype=torch.float32, amp=None),
+            dict(mode="LSTM", reset_after=True, gm="G", steps=True, dtype=torch.float32, amp=torch.bfloat16),
+            dict(mode="LSTM", reset_after=True, gm=1, steps=False, dtype=torch.float64, amp=None)]
+    return out
+
+
+def run_sampler() -> None:
+    """The masks' sampler kernel, float32 and float64 (every key and value is a kernel argument)."""
+    from rnndrop._kernels import triton_autograd
+
+    K = triton_autograd.kernels()
+    for dtype in (torch.float32, torch.float64):
+        out = torch.empty(2, 3, 5, dtype=dtype)
+        vals = torch.tensor([0.0, 2.0], dtype=dtype)
+        K.keyed_draws[(1,)](out, vals, 0xDEAD, 0xBEEF, 1, 2, 1 << 23, 2, 3, 5, BLOCK=1024)
 
 
 def run_config(c: dict[str, Any]) -> None:
@@ -119,12 +144,17 @@ def main(argv: list[str]) -> int:
             return 2
         assert not module.INTERPRETED, "run without TRITON_INTERPRET"
         seen: set = set()
-        real = {n: getattr(module, n) for n in ("fwd_cell", "fwd_gru_gates", "bwd_cell", "bwd_gru_r")}
+        names = ("fwd_cell", "fwd_gru_gates", "bwd_cell", "bwd_gru_r", "fwd_seq", "bwd_seq", "keyed_draws")
+        real = {n: getattr(module, n) for n in names}
         for name, kernel in real.items():
             setattr(module, name, _CompileOnly(kernel, seen, arch))
         try:
             for c in configs():
                 run_config(c)
+            with triton_autograd.use_loop("persistent"):
+                for c in seq_configs():
+                    run_config(c)
+            run_sampler()
         finally:
             for name, kernel in real.items():
                 setattr(module, name, kernel)

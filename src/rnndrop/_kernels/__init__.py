@@ -9,6 +9,11 @@ kernel cache (:mod:`.build`, :mod:`.cache`), or ``rnndrop build-kernels`` does a
 
 from __future__ import annotations
 
+from .. import counter_rng
 from .registry import BACKENDS, KERNELS, Kernel, cpu_ineligible, select_stack_fn, triton_ineligible
+from .triton_autograd import keyed_draws_on_device
+
+# The masks' draws on CUDA tensors in one Triton launch each (loads triton on the first CUDA draw only).
+counter_rng.register_fast_sampler(keyed_draws_on_device, "cuda")
 
 __all__ = ["BACKENDS", "KERNELS", "Kernel", "cpu_ineligible", "select_stack_fn", "triton_ineligible"]

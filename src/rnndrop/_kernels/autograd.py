@@ -20,6 +20,7 @@ inputs and masks and differentiates that (:func:`recompute_grads`): exact deriva
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -464,34 +465,78 @@ def prepare_direction(
     return (gi, h0, c0, w_hh, b_hh, rmask, steps), opts, save
 
 
-def fused_run_direction(
-    cfg: CellConfig,
-    x: torch.Tensor,
-    state: State,
-    params: DirectionParams,
-    masks: DirectionMasks,
-    step_mask: torch.Tensor | None,
-    reverse: bool,
-    zero_masked_output: bool,
-) -> tuple[torch.Tensor, State]:
-    """Drop-in for :func:`rnndrop.reference.run_direction` on the compiled kernel (same contract).
+def autocast_lowp(device_type: str, param_dtype: torch.dtype) -> torch.dtype | None:
+    """The low-precision dtype autocast runs this call's matmuls in (``None`` when it is off).
 
-    Only call it for configurations :func:`rnndrop._kernels.registry.cpu_ineligible` accepts.
+    On the CPU, the autocast dtype (the registry admits float32 parameters only); on CUDA also only for
+    float32 parameters (autocast leaves float64 alone).
     """
-    lowp = cpu_autocast_dtype()  # the registry admits bf16 here (on a CPU with AVX512_BF16), never fp16
-    # DropConnect: a KeyedMask is drawn by the kernel while it packs W_hh; a mask given as a tensor
-    # (dropout_masks=) is folded into the weight here, as run_stack does for the other kernels.
-    wmask = masks.weight_hh
-    if isinstance(wmask, torch.Tensor):
-        params = replace(params, w_hh=drop_weight(params.w_hh, wmask))
-        wmask = None
-    tensors, opts, save = prepare_direction(
-        cfg, x, state, params, masks, step_mask, reverse, zero_masked_output, input_bias_in_gi=False, lowp=lowp
-    )
+    if device_type == "cpu":
+        return cpu_autocast_dtype()
+    if param_dtype != torch.float32:
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        enabled = torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_gpu_dtype()
+
+
+# A kernel's part of a direction call: (tensors, options, save, lowp, params, masks, recompute) -> (out, h_T[, c_T]).
+DirectionApply = Callable[
+    [DirectionTensors, KernelOptions, bool, "torch.dtype | None", DirectionParams, DirectionMasks, "Recompute"],
+    tuple[torch.Tensor, ...],
+]
+
+
+def kernel_direction_fn(apply: DirectionApply, *, input_bias_in_gi: bool, name: str, registry_check: str) -> Callable:
+    """A drop-in for :func:`rnndrop.reference.run_direction` (same contract) on a compiled kernel: the one
+    preparation every kernel shares (:func:`prepare_direction`, the autocast dtype), then ``apply``."""
+
+    def run_direction(
+        cfg: CellConfig,
+        x: torch.Tensor,
+        state: State,
+        params: DirectionParams,
+        masks: DirectionMasks,
+        step_mask: torch.Tensor | None,
+        reverse: bool,
+        zero_masked_output: bool,
+    ) -> tuple[torch.Tensor, State]:
+        lowp = autocast_lowp(x.device.type, params.w_hh.dtype)
+        # DropConnect: a KeyedMask is left to the kernel (the fused one draws it while it packs W_hh); a mask
+        # given as a tensor (dropout_masks=) is folded into the weight here, as run_stack does for the others.
+        wmask = masks.weight_hh
+        if isinstance(wmask, torch.Tensor):
+            params, wmask = replace(params, w_hh=drop_weight(params.w_hh, wmask)), None
+        tensors, opts, save = prepare_direction(cfg, x, state, params, masks, step_mask, reverse, zero_masked_output,
+                                                input_bias_in_gi=input_bias_in_gi, lowp=lowp)
+        # What a second derivative needs to recompute the direction with the reference maths.
+        recompute = Recompute(cfg, x, params.w_ih, masks.input, params.b_ih if input_bias_in_gi else None, wmask)
+        outs = apply(tensors, opts, save, lowp, params, masks, recompute)
+        return outs[0], tuple(outs[1:])
+
+    run_direction.__name__ = run_direction.__qualname__ = name
+    run_direction.__doc__ = (f"Drop-in for :func:`rnndrop.reference.run_direction` on the {name.split('_')[0]} kernel "
+                             f"(same contract). Only call it for configurations :func:`{registry_check}` accepts.")
+    return run_direction
+
+
+def _fused_apply(
+    tensors: DirectionTensors, opts: KernelOptions, save: bool, lowp: torch.dtype | None, params: DirectionParams,
+    masks: DirectionMasks, recompute: Recompute,
+) -> tuple[torch.Tensor, ...]:
+    """The CPU extension's part: ``b_ih`` added in its element-wise pass, candidate, zoneout and DropConnect."""
+    wmask = recompute.weight_mask
     gi, h0, c0, w_hh, b_hh, rmask, steps = tensors
     b_ih = None if params.b_ih is None else params.b_ih.contiguous()
     save = save or (torch.is_grad_enabled() and b_ih is not None and b_ih.requires_grad)
-    batch = x.shape[1]
+    batch = h0.shape[0]
     # Candidate mask (1, B|1, H) -> (B, H); zoneout weights stay (T|1, B|1, H|1), broadcast in the kernel.
     cmask = masks.candidate
     if cmask is not None:
@@ -502,8 +547,11 @@ def fused_run_direction(
         out, h_t, c_t = ops.forward(opts.mode, opts.act, opts.ract, opts.reset_after, opts.reverse, opts.zero_fill,
                                     False, gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc,
                                     *weight_mask_args(wmask))[:3]
-        return out, ((h_t,) if c_t is None else (h_t, c_t))
-    recompute = Recompute(cfg, x, params.w_ih, masks.input, weight_mask=wmask)
-    outs = FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save, recompute,
+        return (out, h_t) if c_t is None else (out, h_t, c_t)
+    return FusedDirection.apply(gi, h0, c0, w_hh, b_hh, b_ih, rmask, steps, cmask, zh, zc, opts, save, recompute,
                                 wmask)
-    return outs[0], tuple(outs[1:])
+
+
+# The registry admits bf16 CPU autocast here (on a CPU with AVX512_BF16), never fp16.
+fused_run_direction = kernel_direction_fn(_fused_apply, input_bias_in_gi=False, name="fused_run_direction",
+                                          registry_check="rnndrop._kernels.registry.cpu_ineligible")

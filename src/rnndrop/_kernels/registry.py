@@ -29,9 +29,9 @@ mask kinds it implements) makes a call ineligible unless it holds its default va
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,7 +236,8 @@ def torch_yields(call: Call) -> str | None:
     with one thread for larger products only (see ``_SINGLE_THREAD_LSTM_WORK``). Dense LSTM inference
     in float32 is oneDNN's at least as fast (fused 0.96-1.12x), and under bf16 autocast faster
     (benchmarks/bench_cpu.py: fused 0.91-1.16x torch.nn bf16): it stays on torch's.
-    CUDA calls are never yielded (cuDNN; rnndrop's Triton kernels are not measured against it yet).
+    CUDA calls are never yielded: cuDNN keeps every call it can take until a GPU run has measured rnndrop's
+    Triton loops against it (docs/benchmarks.md, CUDA section).
     """
     if call.x.device.type != "cpu" or is_compiling():  # under compile torch's entry refuses the call anyway
         return None
@@ -264,6 +265,50 @@ def torch_yields(call: Call) -> str | None:
 # hidden 32-256, <= 2.1M), above it about even or slower (fused 0.89-1.03x at batch 64 / hidden 256,
 # 0.88-0.91x at batch 16 / hidden 512: 4.2M). benchmarks/bench_choice.py --threads 1, two runs.
 _SINGLE_THREAD_LSTM_WORK = 3 << 20
+
+
+class _Fallback(threading.local):
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+_fallback = _Fallback()
+
+
+def take_fallback() -> str | None:
+    """Why the last stack call on this thread ran on the reference path after its kernel failed (then
+    cleared), or ``None``: the layer reports it as its ``last_backend_reason``."""
+    reason, _fallback.reason = _fallback.reason, None
+    return reason
+
+
+@torch.compiler.disable
+def triton_run_stack(
+    cfg: CellConfig,
+    x: torch.Tensor,
+    init_states: Sequence[torch.Tensor],
+    params: Sequence[Sequence[DirectionParams]],
+    masks: DropoutMasks | None,
+    step_mask: torch.Tensor | None,
+    zero_masked_output: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:func:`rnndrop.reference.run_stack` over the Triton kernels' direction function.
+
+    Outside ``torch.compile``'s graph (Triton launches are not traceable ops: Dynamo runs this call eagerly
+    between two graphs). A failed first launch on the GPU (no C compiler for Triton's launcher, no libcuda,
+    a ptxas error) takes the kernels out of service for the process and runs this call on the reference
+    path, with a warning and the reason, instead of raising inside the layer's forward.
+    """
+    try:
+        return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output,
+                         direction_fn=triton_run_direction)
+    except triton_autograd.LaunchError as exc:
+        reason = str(exc)
+        triton_autograd.mark_failed(reason)
+        _fallback.reason = reason
+        warnings.warn(f"rnndrop: {reason}. This call and the next ones run on the reference path.",
+                      KernelFallbackWarning, stacklevel=_user_stacklevel())
+        return run_stack(cfg, x, init_states, params, masks, step_mask, zero_masked_output)
 
 
 def fused_run_stack(
@@ -295,7 +340,7 @@ def fused_run_stack(
 KERNELS: tuple[Kernel, ...] = (
     Kernel("torch", torch_ineligible, torch_run_stack, torch_yields),
     Kernel("fused", cpu_ineligible, fused_run_stack),
-    Kernel("triton", triton_ineligible, functools.partial(run_stack, direction_fn=triton_run_direction)),
+    Kernel("triton", triton_ineligible, triton_run_stack),
 )
 
 _warned_unavailable = False  # the CPU extension is missing (CPU tensors)

@@ -4,8 +4,9 @@ A call goes here when it computes exactly what ``torch.nn.LSTM/GRU/RNN`` compute
 dropout that is active has been *folded* into the call:
 
 * no mask at all (eval mode, or no dropout): the whole stack is one ``torch._VF`` call, as in torch.nn;
-* a time-locked input mask shared by the gates, one per sequence, multiplies ``x`` before the call
-  (one-directional layers only: the two directions of a layer draw different masks);
+* a time-locked input mask shared by the gates, one per sequence, multiplies ``x`` before the call;
+  the two directions of a bidirectional layer draw different masks, so such a layer runs as two
+  one-directional calls (the reverse one on the time-reversed input), unless sequences are padded;
 * with ``mask_scope="batch"`` the input and recurrent masks, shared or per gate, scale the columns
   of ``W_ih`` / ``W_hh``: ``(h ⊙ m_g) W_gᵀ = h (W_g diag m_g)ᵀ``; autograd differentiates the fold;
 * DropConnect (``weight_dropout``) is folded into ``W_hh`` first, as :func:`rnndrop.reference.run_stack` does;
@@ -15,7 +16,8 @@ dropout that is active has been *folded* into the call:
 Everything else — per-sample recurrent masks, step masks with holes or carried outputs, Keras
 activations, ``reset_after=False``, zoneout, candidate dropout — is refused with the reason and
 runs on rnndrop's own kernels. Under CPU autocast torch's LSTM returns bf16; outputs are cast back
-to the input's dtype so that every path returns what :mod:`rnndrop.reference` returns.
+to the input's dtype so that every path returns what :mod:`rnndrop.reference` returns. Half and bf16
+parameters run on cuDNN (CUDA tensors; on the CPU float32 and float64).
 """
 
 from __future__ import annotations
@@ -72,7 +74,12 @@ def _cpu_autocast_reason(cfg: CellConfig, x: torch.Tensor) -> str | None:
     return None
 
 
-def _mask_reason(masks: DropoutMasks | None, bidirectional: bool) -> str | None:
+def _split_directions(masks: DirectionMasks | tuple[DirectionMasks, ...]) -> bool:
+    """Whether a bidirectional layer with these masks runs as two calls (per-sample input masks)."""
+    return len(masks) == 2 and any(m.input is not None and m.input.shape[1] != 1 for m in masks)
+
+
+def _mask_reason(masks: DropoutMasks | None, bidirectional: bool, padded: bool) -> str | None:
     if masks is None:
         return None
     for layer in masks.layers:
@@ -89,8 +96,9 @@ def _mask_reason(masks: DropoutMasks | None, bidirectional: bool) -> str | None:
                     return "per-sample recurrent masks do not fold into torch's kernel (mask_scope='batch' would)"
                 if t.shape[0] != 1:
                     return "per-gate per-sample input masks do not fold into torch's kernel"
-                if bidirectional:
-                    return "per-sample input masks of a bidirectional layer differ between the directions"
+                if bidirectional and padded:
+                    return ("per-sample input masks of a bidirectional layer (two one-directional calls) with "
+                            "padded sequences have no torch kernel")
     return None
 
 
@@ -118,8 +126,10 @@ def torch_ineligible(call) -> str | None:  # call: registry.Call (not imported: 
         # Dynamo graph-breaks on torch's RNN ops (torch._dynamo.config.allow_rnn is off by default);
         # the fused kernel is a custom op that stays in the graph.
         return "under torch.compile torch's RNN kernels break the graph"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"dtype {x.dtype} (float32, float64 are taken by torch's kernel)"
+    dtypes = (torch.float32, torch.float64) + ((torch.float16, torch.bfloat16) if x.device.type == "cuda" else ())
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        return f"dtype {x.dtype} on {x.device.type} ({names} are taken by torch's kernel there)"
     reason = _cell_reason(cfg) or _cpu_autocast_reason(cfg, x)
     if reason is not None:
         return reason
@@ -138,7 +148,8 @@ def torch_ineligible(call) -> str | None:  # call: registry.Call (not imported: 
         for t in (p.w_ih, p.w_hh) if t is not None
     ):
         return "torch's RNN kernels have no vmap batching rule (torch.nn raises under vmap)"
-    reason = _mask_reason(call.masks, len(call.params[0]) == 2)
+    padded = call.step_mask is not None and not bool(call.step_mask.all())  # a host sync, with a step mask only
+    reason = _mask_reason(call.masks, len(call.params[0]) == 2, padded)
     if reason is not None:
         return reason
     return _steps_reason(call.step_mask, call.zero_masked_output)
@@ -238,9 +249,9 @@ def torch_run_stack(
         packing = step_mask.sum(0).cpu()
     dtype = x.dtype
 
-    def run(layer_input: torch.Tensor, hx: tuple[torch.Tensor, ...], flat: list, layers: int):
+    def run(layer_input: torch.Tensor, hx: tuple[torch.Tensor, ...], flat: list, layers: int, dirs: int = num_dirs):
         if packing is None:
-            out, finals = _call_vf(cfg, layer_input, None, hx, flat, has_biases, layers, num_dirs == 2)
+            out, finals = _call_vf(cfg, layer_input, None, hx, flat, has_biases, layers, dirs == 2)
         else:
             packed = pack_padded_sequence(layer_input, packing, enforce_sorted=False)
             hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
@@ -266,14 +277,26 @@ def torch_run_stack(
     for k, layer_params in enumerate(params):
         dmasks = masks.layers[k]
         weights = [_fold(p, m, gates) for p, m in zip(layer_params, dmasks)]
-        xin = layer_input
-        imask = dmasks[0].input
-        if imask is not None and imask.shape[1] != 1:  # per sample, shared by the gates, one direction
-            xin = layer_input * imask[0]
-        rows = slice(k * num_dirs, (k + 1) * num_dirs)
-        out, state = run(xin, tuple(s[rows] for s in init_states), _flat(layer_params, weights), 1)
-        for acc, s in zip(finals, state):
-            acc.append(s)
+        if _split_directions(dmasks):  # one call per direction, each with its own input mask (no padding)
+            outs = []
+            for d, (p, m, w) in enumerate(zip(layer_params, dmasks, weights)):
+                xin = layer_input if m.input is None or m.input.shape[1] == 1 else layer_input * m.input[0]
+                row = slice(k * num_dirs + d, k * num_dirs + d + 1)
+                out_d, state = run(xin.flip(0) if d else xin, tuple(s[row] for s in init_states), _flat([p], [w]),
+                                   1, dirs=1)
+                outs.append(out_d.flip(0) if d else out_d)
+                for acc, s in zip(finals, state):
+                    acc.append(s)
+            out = torch.cat(outs, dim=2)
+        else:
+            xin = layer_input
+            imask = dmasks[0].input
+            if imask is not None and imask.shape[1] != 1:  # per sample, shared by the gates, one direction
+                xin = layer_input * imask[0]
+            rows = slice(k * num_dirs, (k + 1) * num_dirs)
+            out, state = run(xin, tuple(s[rows] for s in init_states), _flat(layer_params, weights), 1)
+            for acc, s in zip(finals, state):
+                acc.append(s)
         layer_input = out
         if k < len(params) - 1 and masks.between and masks.between[k] is not None:
             layer_input = layer_input * masks.between[k]

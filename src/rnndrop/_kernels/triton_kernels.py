@@ -68,7 +68,7 @@ def _ld(ptr, valid, CT: tl.constexpr):
 @triton.jit
 def _store_step(h_new, keep, offs, valid, S, s_prev, s_new, OUT, out_off, PO, MASK, HM, N,
                 HAS_STEPS: tl.constexpr, ZERO_FILL: tl.constexpr, GM: tl.constexpr, NHM: tl.constexpr,
-                CT: tl.constexpr):
+                CT: tl.constexpr, ALIAS: tl.constexpr):
     """Keras carry-over at masked steps, then store state, output and the next matmul's inputs."""
     if HAS_STEPS:
         h_state = tl.where(keep, h_new, _ld(S + s_prev + offs, valid, CT))
@@ -82,7 +82,8 @@ def _store_step(h_new, keep, offs, valid, S, s_prev, s_new, OUT, out_off, PO, MA
         h_state = h_new
         out = h_new
     tl.store(S + s_new + offs, h_state, mask=valid)
-    tl.store(OUT + out_off + offs, out, mask=valid)
+    if not ALIAS:  # ALIAS: the output is a view of the state slots (no step mask: out == state)
+        tl.store(OUT + out_off + offs, out, mask=valid)
     # HM: h (times each recurrent mask), rounded to the matmul dtype, for the next step's matmul.
     for g in tl.static_range(NHM):
         if GM == 0:
@@ -94,26 +95,22 @@ def _store_step(h_new, keep, offs, valid, S, s_prev, s_new, OUT, out_off, PO, MA
         tl.store(HM + g * N + offs, v.to(HM.dtype.element_ty), mask=valid)
 
 
-# Per-step offsets change with t: not specialised (by divisibility), or every step could compile anew.
-@triton.jit(do_not_specialize=["gi_off", "s_prev", "s_new", "c_prev", "c_new", "out_off", "st_off", "ga_off",
-                               "ghn_off"])
-def fwd_cell(
-    GI, gi_off, GH, gh_sg, gh_sb, BIAS,
+@triton.jit
+def _fwd_cell_at(
+    offs, valid, GI, gi_off, GH, gh_sg, gh_sb, BIAS,
     S, s_prev, s_new, C, c_prev, c_new, OUT, out_off, PO, STEPS, st_off,
     MASK, HM, GA, ga_off, GHN, ghn_off, N, H,
     MODE: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_STEPS: tl.constexpr, ZERO_FILL: tl.constexpr, SAVE: tl.constexpr, GM: tl.constexpr, NHM: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ALIAS: tl.constexpr,
 ):
-    """One forward step after its recurrent matmul ``GH`` (gate ``g`` of row ``b`` at ``g*gh_sg + b*gh_sb``).
+    """One forward step's element-wise work on the elements ``offs`` of ``(B, H)``, after the step's
+    recurrent matmul ``GH`` (gate ``g`` of row ``b`` at ``g*gh_sg + b*gh_sb``).
 
     LSTM, GRU (reset_after=True) and RNN; ``MODE_GRU_N`` finishes a reset_after=False GRU step
     (``GH`` then holds ``(r ⊙ h ⊙ m_n) W_n^T``, ``BIAS`` the n block of ``b_hh``, ``GA`` r and z).
     """
     CT: tl.constexpr = S.dtype.element_ty
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < N
     b = offs // H
     j = offs - b * H
     gi = GI + gi_off + b * (G * H) + j
@@ -181,19 +178,34 @@ def fwd_cell(
             tl.store(ga + 2 * H, g_, mask=valid)
             tl.store(ga + 3 * H, o_, mask=valid)
     _store_step(h_new, keep, offs, valid, S, s_prev, s_new, OUT, out_off, PO, MASK, HM, N,
-                HAS_STEPS, ZERO_FILL, GM, NHM, CT)
+                HAS_STEPS, ZERO_FILL, GM, NHM, CT, ALIAS)
 
 
-@triton.jit(do_not_specialize=["gi_off", "s_prev", "ga_off"])
-def fwd_gru_gates(
-    GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, MASK, U, GA, ga_off, N, H,
-    RACT: tl.constexpr, HAS_BIAS: tl.constexpr, GM: tl.constexpr, BLOCK: tl.constexpr,
+# Per-step offsets change with t: not specialised (by divisibility), or every step could compile anew.
+@triton.jit(do_not_specialize=["gi_off", "s_prev", "s_new", "c_prev", "c_new", "out_off", "st_off", "ga_off",
+                               "ghn_off"])
+def fwd_cell(
+    GI, gi_off, GH, gh_sg, gh_sb, BIAS,
+    S, s_prev, s_new, C, c_prev, c_new, OUT, out_off, PO, STEPS, st_off,
+    MASK, HM, GA, ga_off, GHN, ghn_off, N, H,
+    MODE: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_STEPS: tl.constexpr, ZERO_FILL: tl.constexpr, SAVE: tl.constexpr, GM: tl.constexpr, NHM: tl.constexpr,
+    ALIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One forward step after its recurrent matmul (:func:`_fwd_cell_at` on this program's block)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _fwd_cell_at(offs, offs < N, GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, s_new, C, c_prev, c_new, OUT,
+                 out_off, PO, STEPS, st_off, MASK, HM, GA, ga_off, GHN, ghn_off, N, H, MODE, G, ACT, RACT, HAS_BIAS,
+                 HAS_STEPS, ZERO_FILL, SAVE, GM, NHM, ALIAS)
+
+
+@triton.jit
+def _fwd_gru_gates_at(
+    offs, valid, GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, MASK, U, GA, ga_off, N, H,
+    RACT: tl.constexpr, HAS_BIAS: tl.constexpr, GM: tl.constexpr,
 ):
     """First half of a reset_after=False GRU step: r, z (into ``GA``) and ``U = r ⊙ (h ⊙ m_n)``."""
     CT: tl.constexpr = S.dtype.element_ty
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < N
     b = offs // H
     j = offs - b * H
     gi = GI + gi_off + b * (3 * H) + j
@@ -216,13 +228,23 @@ def fwd_gru_gates(
     tl.store(ga + H, z, mask=valid)
 
 
-@triton.jit(do_not_specialize=["out_off", "st_off", "ga_off", "ghn_off", "s_prev", "s_new", "c_prev", "c_new",
-                               "dgi_off"])
-def bwd_cell(
-    D, DC, DHM, MASK, DOUT, out_off, FLOWS, STEPS, st_off,
+@triton.jit(do_not_specialize=["gi_off", "s_prev", "ga_off"])
+def fwd_gru_gates(
+    GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, MASK, U, GA, ga_off, N, H,
+    RACT: tl.constexpr, HAS_BIAS: tl.constexpr, GM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """:func:`_fwd_gru_gates_at` on this program's block."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _fwd_gru_gates_at(offs, offs < N, GI, gi_off, GH, gh_sg, gh_sb, BIAS, S, s_prev, MASK, U, GA, ga_off, N, H,
+                      RACT, HAS_BIAS, GM)
+
+
+@triton.jit
+def _bwd_cell_at(
+    offs, valid, D, DC, DHM, MASK, DOUT, out_off, FLOWS, STEPS, st_off,
     GA, ga_off, GHN, ghn_off, S, s_prev, s_new, C, c_prev, c_new, DGI, dgi_off, DGL, N, H,
     MODE: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr, HAS_STEPS: tl.constexpr,
-    GM: tl.constexpr, NDHM: tl.constexpr, WRITE_DGL: tl.constexpr, BLOCK: tl.constexpr,
+    GM: tl.constexpr, NDHM: tl.constexpr, WRITE_DGL: tl.constexpr,
 ):
     """One BPTT step: gradient of the state after the step, then of the step's pre-activations.
 
@@ -235,9 +257,6 @@ def bwd_cell(
     is the first half of a reset_after=False step (z and n; r follows in :func:`bwd_gru_r`).
     """
     CT: tl.constexpr = S.dtype.element_ty
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < N
     b = offs // H
     j = offs - b * H
     dh = _ld(D + offs, valid, CT)
@@ -312,17 +331,29 @@ def bwd_cell(
             tl.store(dgl + H, d_z.to(DGL.dtype.element_ty), mask=valid)
 
 
-@triton.jit(do_not_specialize=["ga_off", "s_prev", "dgi_off"])
-def bwd_gru_r(
-    D, DU, MASK, GA, ga_off, S, s_prev, DGI, dgi_off, DGL, N, H,
-    RACT: tl.constexpr, GM: tl.constexpr, WRITE_DGL: tl.constexpr, BLOCK: tl.constexpr,
+@triton.jit(do_not_specialize=["out_off", "st_off", "ga_off", "ghn_off", "s_prev", "s_new", "c_prev", "c_new",
+                               "dgi_off"])
+def bwd_cell(
+    D, DC, DHM, MASK, DOUT, out_off, FLOWS, STEPS, st_off,
+    GA, ga_off, GHN, ghn_off, S, s_prev, s_new, C, c_prev, c_new, DGI, dgi_off, DGL, N, H,
+    MODE: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr, HAS_STEPS: tl.constexpr,
+    GM: tl.constexpr, NDHM: tl.constexpr, WRITE_DGL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One BPTT step (:func:`_bwd_cell_at` on this program's block)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _bwd_cell_at(offs, offs < N, D, DC, DHM, MASK, DOUT, out_off, FLOWS, STEPS, st_off, GA, ga_off, GHN, ghn_off,
+                 S, s_prev, s_new, C, c_prev, c_new, DGI, dgi_off, DGL, N, H, MODE, G, ACT, RACT, HAS_STEPS, GM,
+                 NDHM, WRITE_DGL)
+
+
+@triton.jit
+def _bwd_gru_r_at(
+    offs, valid, D, DU, MASK, GA, ga_off, S, s_prev, DGI, dgi_off, DGL, N, H,
+    RACT: tl.constexpr, GM: tl.constexpr, WRITE_DGL: tl.constexpr,
 ):
     """Second half of a reset_after=False GRU BPTT step, after ``DU = d n_pre W_n`` (the gradient of
     ``u = r ⊙ (h ⊙ m_n)``): the r gate, and ``D += DU ⊙ r ⊙ m_n``. ``DU`` is zero at a carried step."""
     CT: tl.constexpr = S.dtype.element_ty
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < N
     b = offs // H
     j = offs - b * H
     du = _ld(DU + offs, valid, CT)
@@ -344,6 +375,205 @@ def bwd_gru_r(
         tl.store(DGL + b * (3 * H) + j, d_r.to(DGL.dtype.element_ty), mask=valid)
 
 
+@triton.jit(do_not_specialize=["ga_off", "s_prev", "dgi_off"])
+def bwd_gru_r(
+    D, DU, MASK, GA, ga_off, S, s_prev, DGI, dgi_off, DGL, N, H,
+    RACT: tl.constexpr, GM: tl.constexpr, WRITE_DGL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """:func:`_bwd_gru_r_at` on this program's block."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _bwd_gru_r_at(offs, offs < N, D, DU, MASK, GA, ga_off, S, s_prev, DGI, dgi_off, DGL, N, H, RACT, GM, WRITE_DGL)
+
+
+# ------------------------------------------------------------------------ whole sequences, one launch
+#
+# The same element-wise work as the per-step kernels above, with the recurrent product inside: program p
+# owns batch rows [p*BB, p*BB + BB) and walks the steps [s_begin, s_end) on its own (rows of a recurrence
+# are independent), so no grid-wide synchronisation is needed; a barrier between the phases of a step
+# makes this program's writes (the product into GH, the states) visible to all its threads. One launch
+# for all T steps is the "persistent" loop; one launch per step (s_end = s_begin + 1) the "fused_steps"
+# loop. The per-step scratch (GH, HM, U, ...) holds only this program's rows.
+
+
+@triton.jit
+def _slot(s, T, REVERSE: tl.constexpr, ALIAS: tl.constexpr, ROLL: tl.constexpr):
+    """The state buffer's slot of walk position ``s`` (the state before step ``s``).
+
+    ``ALIAS``: the buffer is ``(T+1, B, H)`` with the outputs as a view of it (time order: the state
+    before step s is slot s forward, T - s in reverse); else walk order, two rolling slots with ``ROLL``."""
+    if ALIAS:
+        if REVERSE:
+            r = T - s
+        else:
+            r = s
+    elif ROLL:
+        r = s % 2
+    else:
+        r = s
+    return r
+
+
+@triton.jit
+def _mm_rows(A, sa, W, swk, swc, O, so, b0, B, K, NC,
+             BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
+    """``O[r, n] = Σ_k A[r, k] W(k, n)`` for this program's rows ``r`` in ``[b0, b0+BB) ∩ [0, B)``, all
+    ``n < NC``: ``A[r, k]`` at ``A + r*sa + k``, ``W(k, n)`` at ``W + k*swk + n*swc``, ``O[r, n]`` at
+    ``O + r*so + n``. Accumulated in float32 (float64 for float64 operands), stored in ``O``'s dtype (a
+    bf16/fp16 product rounded as a cuBLAS matmul of that dtype returns it). ``PREC``: ``tl.dot``'s
+    ``input_precision`` for float32 operands ("ieee" or "tf32", following torch's matmul flags; "ieee" for
+    float64). Only core builtins here (no ``tl.zeros`` / ``tl.sum``): the interpreter tests load
+    ``triton.language`` before switching the interpreter on, and its library functions are compiled ones."""
+    rows = b0 + tl.arange(0, BB)
+    rm = rows < B
+    for n0 in range(0, NC, BN):
+        cols = n0 + tl.arange(0, BN)
+        cm = cols < NC
+        if F64:
+            acc = tl.full((BB, BN), 0.0, tl.float64)
+        else:
+            acc = tl.full((BB, BN), 0.0, tl.float32)
+        for k0 in range(0, K, BK):
+            ks = k0 + tl.arange(0, BK)
+            km = ks < K
+            a = tl.load(A + rows[:, None] * sa + ks[None, :], mask=rm[:, None] & km[None, :], other=0.0)
+            w = tl.load(W + ks[:, None] * swk + cols[None, :] * swc, mask=km[:, None] & cm[None, :], other=0.0)
+            if F64:  # triton 3.6's tl.dot defaults out_dtype to float32 whatever the accumulator
+                acc = tl.dot(a, w, acc, input_precision=PREC, out_dtype=tl.float64)
+            else:
+                acc = tl.dot(a, w, acc, input_precision=PREC)
+        tl.store(O + rows[:, None] * so + cols[None, :], acc.to(O.dtype.element_ty), mask=rm[:, None] & cm[None, :])
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def fwd_seq(
+    GI, GH, BIAS, S, C, OUT, PO, STEPS, MASK, HM, GA, GHN, W, U, GHN2, BIAS_N, T, B, H, s_begin, s_end,
+    MODE: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STEPS: tl.constexpr, ZERO_FILL: tl.constexpr, SAVE: tl.constexpr,
+    GM: tl.constexpr, NHM: tl.constexpr, PER_GATE: tl.constexpr, GRU_RB: tl.constexpr, ALIAS: tl.constexpr,
+    REVERSE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr,
+    PREC: tl.constexpr, F64: tl.constexpr,
+):
+    """Forward steps ``[s_begin, s_end)`` of one direction for this program's rows, product included.
+
+    Buffers as the per-step kernels' (:mod:`.triton_autograd`); ``W`` is ``W_hh`` in the matmul dtype,
+    ``GH`` the product's scratch (``(NG, B, H)`` per gate, else ``(B, NG*H)``), ``U``/``GHN2`` the second
+    product's of a reset_after=False GRU (``BIAS_N`` its bias block).
+    """
+    b0 = tl.program_id(0) * BB
+    N = B * H
+    GHS = G * H
+    e_begin = b0 * H
+    e_end = tl.minimum(b0 + BB, B) * H
+    if PER_GATE:
+        gh_sg = N
+        gh_sb = H
+    else:
+        gh_sg = H
+        gh_sb = NG * H
+    ROLL: tl.constexpr = not SAVE
+    for s in range(s_begin, s_end):
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        sp = _slot(s, T, REVERSE, ALIAS, ROLL) * N
+        sn = _slot(s + 1, T, REVERSE, ALIAS, ROLL) * N
+        cp = _slot(s, T, REVERSE, False, ROLL) * N
+        cn = _slot(s + 1, T, REVERSE, False, ROLL) * N
+        if SAVE:
+            ga_off = t * B * GHS
+        else:
+            ga_off = t * 0
+        # The recurrent product of this program's rows: (h ⊙ m_g) W_g^T into GH.
+        if PER_GATE:
+            for g in tl.static_range(NG):
+                _mm_rows(HM + g * N, H, W + g * H * H, 1, H, GH + g * N, H, b0, B, H, H, BB, BN, BK, PREC, F64)
+        elif NHM > 0:
+            _mm_rows(HM, H, W, 1, H, GH, NG * H, b0, B, H, NG * H, BB, BN, BK, PREC, F64)
+        else:
+            _mm_rows(S + sp, H, W, 1, H, GH, NG * H, b0, B, H, NG * H, BB, BN, BK, PREC, F64)
+        tl.debug_barrier()
+        if GRU_RB:
+            for e0 in range(e_begin, e_end, BLOCK):
+                offs = e0 + tl.arange(0, BLOCK)
+                _fwd_gru_gates_at(offs, offs < e_end, GI, t * B * GHS, GH, gh_sg, gh_sb, BIAS, S, sp, MASK, U, GA,
+                                  ga_off, N, H, RACT, HAS_BIAS, GM)
+            tl.debug_barrier()
+            _mm_rows(U, H, W + 2 * H * H, 1, H, GHN2, H, b0, B, H, H, BB, BN, BK, PREC, F64)
+            tl.debug_barrier()
+            for e0 in range(e_begin, e_end, BLOCK):
+                offs = e0 + tl.arange(0, BLOCK)
+                _fwd_cell_at(offs, offs < e_end, GI, t * B * GHS, GHN2, 0, H, BIAS_N, S, sp, sn, C, 0, 0, OUT, t * N,
+                             PO, STEPS, t * B, MASK, HM, GA, ga_off, GHN, 0, N, H, 3, G, ACT, RACT, HAS_BIAS,
+                             HAS_STEPS, ZERO_FILL, SAVE, GM, NHM, ALIAS)
+        else:
+            for e0 in range(e_begin, e_end, BLOCK):
+                offs = e0 + tl.arange(0, BLOCK)
+                _fwd_cell_at(offs, offs < e_end, GI, t * B * GHS, GH, gh_sg, gh_sb, BIAS, S, sp, sn, C, cp, cn, OUT,
+                             t * N, PO, STEPS, t * B, MASK, HM, GA, ga_off, GHN, t * N, N, H, MODE, G, ACT, RACT,
+                             HAS_BIAS, HAS_STEPS, ZERO_FILL, SAVE, GM, NHM, ALIAS)
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end"])
+def bwd_seq(
+    D, DC, DHM, MASK, DOUT, FLOWS, STEPS, GA, GHN, S, C, DGI, DGL, W, DU, T, B, H, s_begin, s_end,
+    MODE: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+    HAS_STEPS: tl.constexpr, GM: tl.constexpr, NDHM: tl.constexpr, WRITE_DGL: tl.constexpr,
+    PER_GATE: tl.constexpr, GRU_RB: tl.constexpr, ALIAS: tl.constexpr, REVERSE: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr,
+    F64: tl.constexpr,
+):
+    """BPTT over walk positions ``s_end - 1`` down to ``s_begin`` for this program's rows: per step the
+    element-wise gradients (:func:`_bwd_cell_at`), then the product ``dG W`` the step before reads
+    (``DHM``: per mask gate, or one block). ``MODE`` is ``MODE_GRU_N`` for a reset_after=False GRU,
+    whose r gate follows its own product ``DU = dn W_n`` (:func:`_bwd_gru_r_at`)."""
+    b0 = tl.program_id(0) * BB
+    N = B * H
+    GHS = G * H
+    e_begin = b0 * H
+    e_end = tl.minimum(b0 + BB, B) * H
+    for i in range(s_begin, s_end):
+        s = s_end - 1 - (i - s_begin)
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        sp = _slot(s, T, REVERSE, ALIAS, False) * N
+        sn = _slot(s + 1, T, REVERSE, ALIAS, False) * N
+        for e0 in range(e_begin, e_end, BLOCK):
+            offs = e0 + tl.arange(0, BLOCK)
+            _bwd_cell_at(offs, offs < e_end, D, DC, DHM, MASK, DOUT, t * N, FLOWS, STEPS, t * B, GA, t * B * GHS,
+                         GHN, t * N, S, sp, sn, C, s * N, (s + 1) * N, DGI, t * B * GHS, DGL, N, H, MODE, G, ACT,
+                         RACT, HAS_STEPS, GM, NDHM, WRITE_DGL)
+        tl.debug_barrier()
+        if GRU_RB:
+            if WRITE_DGL:
+                _mm_rows(DGL + 2 * H, GHS, W + 2 * H * H, H, 1, DU, H, b0, B, H, H, BB, BN, BK, PREC, F64)
+            else:
+                _mm_rows(DGI + t * B * GHS + 2 * H, GHS, W + 2 * H * H, H, 1, DU, H, b0, B, H, H, BB, BN, BK, PREC,
+                         F64)
+            tl.debug_barrier()
+            for e0 in range(e_begin, e_end, BLOCK):
+                offs = e0 + tl.arange(0, BLOCK)
+                _bwd_gru_r_at(offs, offs < e_end, D, DU, MASK, GA, t * B * GHS, S, sp, DGI, t * B * GHS, DGL, N, H,
+                              RACT, GM, WRITE_DGL)
+            tl.debug_barrier()
+        if PER_GATE:
+            for g in tl.static_range(NG):
+                if WRITE_DGL:
+                    _mm_rows(DGL + g * H, GHS, W + g * H * H, H, 1, DHM + g * N, H, b0, B, H, H, BB, BN, BK, PREC,
+                             F64)
+                else:
+                    _mm_rows(DGI + t * B * GHS + g * H, GHS, W + g * H * H, H, 1, DHM + g * N, H, b0, B, H, H, BB,
+                             BN, BK, PREC, F64)
+        elif WRITE_DGL:
+            _mm_rows(DGL, GHS, W, H, 1, DHM, H, b0, B, NG * H, H, BB, BN, BK, PREC, F64)
+        else:
+            _mm_rows(DGI + t * B * GHS, GHS, W, H, 1, DHM, H, b0, B, NG * H, H, BB, BN, BK, PREC, F64)
+        tl.debug_barrier()
+
+
 def _is_interpreted(fn: object) -> bool:
     # A compiled kernel is a JITFunction; under TRITON_INTERPRET=1 triton.jit returns an
     # InterpretedFunction instead (triton 3.x), which is not one.
@@ -355,17 +585,60 @@ TRITON_VERSION: str = triton.__version__
 
 
 def block_for(n: int) -> int:
-    """Elements per program (a power of two).
+    """Elements per program of the per-step kernels (and per iteration of the sequence kernels' element loop).
 
-    Compiled: a fixed 256 (2 per thread with 4 warps; a block size is a compile-time constant, so
-    one size means one compilation per configuration, and small steps still spread over several
-    multiprocessors). Interpreted: the whole step in one program up to 1024 elements, since the
-    interpreter pays per program, not per element.
+    A fixed 256 (2 per thread with 4 warps; a block size is a compile-time constant, so one size means one
+    compilation per configuration, and small steps still spread over several multiprocessors), under the
+    interpreter too, so that the tests run the very programs, ragged last block included, a GPU runs.
     """
-    if INTERPRETED:
-        return min(1024, triton.next_power_of_2(max(n, 1)))
     return 256
 
 
 def grid_for(n: int, block: int) -> tuple[int]:
     return (triton.cdiv(n, block),)
+
+
+def seq_blocks(f64: bool) -> tuple[int, int, int]:
+    """The sequence kernels' tiles ``(BB, BN, BK)``: batch rows per program, product columns and depth per
+    ``tl.dot`` (each at least 16, ``tl.dot``'s minimum); smaller for float64 (twice the registers)."""
+    return (16, 32, 16) if f64 else (16, 64, 32)
+
+
+def seq_grid(batch: int, rows: int) -> tuple[int]:
+    """One program per ``rows`` batch rows (the last one ragged)."""
+    return (triton.cdiv(batch, rows),)
+
+
+# ------------------------------------------------------------------------------------ mask draws
+
+
+@triton.jit
+def _lowbias32(x):
+    """C. Wellons' lowbias32 on uint32 words (rnndrop.counter_rng)."""
+    x = x ^ (x >> 16)
+    x = x * tl.full([], 0x7FEB352D, tl.uint32)
+    x = x ^ (x >> 15)
+    x = x * tl.full([], 0x846CA68B, tl.uint32)
+    return x ^ (x >> 16)
+
+
+@triton.jit(do_not_specialize=["k0_hi", "k0_lo", "k1_hi", "k1_lo", "threshold", "A", "BN", "C"])
+def keyed_draws(OUT, VALS, k0_hi, k0_lo, k1_hi, k1_lo, threshold, A, BN, C, BLOCK: tl.constexpr):
+    """``rnndrop.counter_rng.keyed_draws`` into ``OUT`` ``(A, BN, C)``: element ``(a, b, c)`` is ``VALS[0]``
+    when ``lowbias32(lowbias32(lo ^ k0) ^ lowbias32(b ^ k1)) >> 8 < threshold`` (``lo = a*C + c mod 2**32``),
+    else ``VALS[1]`` (the two values in ``OUT``'s dtype). The keys come as 16-bit halves, so that every
+    integer argument is a small int32 and one compiled kernel serves every key."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < A.to(tl.int64) * BN * C
+    c = offs % C
+    r = offs // C
+    b = r % BN
+    a = r // BN
+    k0 = (k0_hi.to(tl.uint32) << 16) | k0_lo.to(tl.uint32)
+    k1 = (k1_hi.to(tl.uint32) << 16) | k1_lo.to(tl.uint32)
+    lo = (a * C + c).to(tl.uint32)  # the low 32 bits: the counter wraps as the definition's
+    u = _lowbias32(lo ^ k0)
+    v = _lowbias32(b.to(tl.uint32) ^ k1)
+    x = _lowbias32(u ^ v)
+    hit = (x >> 8) < threshold.to(tl.uint32)
+    tl.store(OUT + offs, tl.where(hit, tl.load(VALS), tl.load(VALS + 1)), mask=valid)
