@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rnndrop.cli.metrics import paired_interval, t_quantile
+from rnndrop.study.metrics import paired_interval, t_quantile
 
 
 def load_protocol(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:

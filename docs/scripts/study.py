@@ -108,6 +108,7 @@ TASKS: dict[str, StudyTask] = {
     ),
 }
 TINY = ("--seeds", "2", "--epochs", "2", "--mc-samples", "2", "--hidden", "16")
+RATE = 0.25  # this study compares placements at one rate; `rnndrop compare` tunes rates (docs/compare.md)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -115,7 +116,7 @@ def compare_argv(name: str, results: Path, *, tiny: bool, data_dir: str | None, 
                  jobs: int | None) -> list[str]:
     task = TASKS[name]
     argv = ["compare", *task.options, "--seeds", str(task.seeds), "--strategies", ",".join(STRATEGIES),
-            "--out", str(results / name), "--no-plots"]
+            "--rate", str(RATE), "--out", str(results / name), "--no-plots"]
     if tiny:
         argv += [*task.tiny, *TINY]  # later flags win
     if task.needs_data:
@@ -140,7 +141,7 @@ def run_tasks(names: list[str], results: Path, *, tiny: bool, data_dir: str | No
 
 # ---------------------------------------------------------------------------------------------- statistics
 def _interval(values: np.ndarray, comparisons: int = 1, confidence: float = 0.95) -> tuple[float, float, float]:
-    from rnndrop.cli.metrics import t_quantile
+    from rnndrop.study.metrics import t_quantile
 
     mean = float(values.mean())
     if len(values) < 2:
@@ -151,10 +152,18 @@ def _interval(values: np.ndarray, comparisons: int = 1, confidence: float = 0.95
 
 
 def load_runs(folder: Path) -> list[dict[str, Any]]:
-    """The finished runs of one task folder, compact: strategy, seed, test metrics (det and MC), epochs, seconds."""
+    """The finished runs of one task folder, compact: strategy, seed, test metrics (det and MC), epochs, seconds.
+
+    Read from the folder's Optuna study (``study.db``, finished final trials only), or from the one file per
+    run that ``rnndrop compare`` wrote before it kept its trials in a study (``runs/*.json``)."""
+    if (folder / "study.db").exists():
+        from rnndrop.study import load_results
+
+        records = load_results(f"sqlite:///{(folder / 'study.db').resolve()}", "rnndrop-compare").runs
+    else:
+        records = [json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))]
     out = []
-    for f in sorted((folder / "runs").glob("*.json")):
-        r = json.loads(f.read_text())
+    for r in records:
         out.append({
             "strategy": r["strategy"], "seed": r["seed"], "rate": r["rate"], "test": r["test"],
             "test_mc": r["test_mc"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],

@@ -11,7 +11,7 @@ Accepted user files (``--data PATH``):
   label column (constant within a sequence). An optional ``split`` column with values ``train`` /
   ``test`` chooses the test set; otherwise it is split off as for ``.npz``.
 
-Malformed files raise :class:`~rnndrop.cli.sequences.DataError` naming the file, line, key or column
+Malformed files raise :class:`~rnndrop.study.data.DataError` naming the file, line, key or column
 and what was expected. CSV files are read with numpy (:mod:`rnndrop.cli.csv_columns`), in chunks:
 a 500k-row, 42 MB file took 0.8-0.9 s of CPU time and 1.7 times its size in memory on a shared 2-core
 machine (the row-by-row reader before: 5.2 s and 9.5 times), with identical results.
@@ -25,8 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ..study.data import DataError, SequenceData, Task, make_task, pad
 from . import csv_columns
-from .sequences import DataError, SequenceData, Task, make_task, pad
 
 
 def _npz_sequences(
