@@ -36,6 +36,10 @@ PROTOCOL = {"init": "keras", "lr": 3e-3, "clip_norm": 0.0, "schedule": "cosine",
 DEFAULTS = {"seeds": 10, "search_seeds": 2, "epochs": 60, "mc_samples": 20, "hidden": 64, **PROTOCOL}
 QUICK = {"seeds": 1, "search_seeds": 1, "epochs": 6, "mc_samples": 5, "hidden": 32, **PROTOCOL}
 SEARCH_RATES = (0.1, 0.2, 0.3, 0.5)
+# On the one-layer model these draw noise_shape's (B, C) input mask from the same random stream: their trials
+# are noise_shape's, bit for bit (docs/compare.md). Left out of the default set (they cost a sixth of its
+# time); --strategies runs them.
+SAME_AS_NOISE_SHAPE = ("spatial", "keras_input")
 RESULTS_PREFIX = "rnndrop-results-"
 STUDY_NAME = "rnndrop-compare"
 # A search trial is pruned from half its epochs on when its best validation NLL so far is worse than another
@@ -87,7 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     m = p.add_argument_group("model, strategies and rates")
     m.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell (default lstm)")
-    m.add_argument("--strategies", metavar="A,B,...", help="comma-separated subset (default: all)")
+    m.add_argument("--strategies", metavar="A,B,...", help="comma-separated subset (default: all but "
+                   f"{' and '.join(SAME_AS_NOISE_SHAPE)}, whose runs equal noise_shape's on this model)")
     m.add_argument("--list-strategies", action="store_true", help="describe the strategies and exit")
     m.add_argument("--search-rates", metavar="P,P,...", default=",".join(f"{r:g}" for r in SEARCH_RATES),
                    help="the grid each strategy's rate is chosen from on validation data (default "
@@ -198,7 +203,7 @@ def _strategies(
             raise UsageError(f"--strategies: unknown {unknown}; choose from {list(BY_NAME)}")
         chosen = [BY_NAME[n] for n in dict.fromkeys(names)]
     else:
-        chosen = list(STRATEGIES)
+        chosen = [s for s in STRATEGIES if s.name not in SAME_AS_NOISE_SHAPE]
     fixed: dict[str, float] = {}
     rate = 0.25 if args.quick and args.rate is None and args.rates is None else args.rate
     if rate is not None:
@@ -482,6 +487,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Final comparison: {len(plan.strategies)} strategies on {len(plan.seeds)} seed(s) at their "
           f"{'tuned ' if searched else ''}rates{f' (fixed: {fixed_text})' if fixed_text else ''}; "
           f"{len(unavailable)} unavailable. {len(units)} trials in all.")
+    if args.strategies is None:
+        print(f"Not run: {', '.join(SAME_AS_NOISE_SHAPE)} — on this one-layer model their runs are noise_shape's, "
+              "bit for bit (the same input mask law and random stream); --strategies runs them.")
     print(f"Output: {out}" + (" (continuing)" if resumed else "") + f"; study {args.study!r} in "
           f"{'study.db' if not args.storage else handle_text(args.storage)}")
 

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +52,7 @@ PLAN_ATTR = "rnndrop.plan"
 CONFIG_ATTR = "rnndrop.config"
 READY_ATTR = "rnndrop.plan_enqueued"
 HEARTBEAT_ATTR = "rnndrop:heartbeat"
+WORKER_ATTR = "rnndrop:worker"
 
 
 class StudyError(RuntimeError):
@@ -304,7 +306,14 @@ def open_storage(storage: str | Path, *, timeout: float = 60.0) -> Any:
     if text.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": timeout}}
     try:
-        store = optuna.storages.RDBStorage(text, **kwargs)
+        for attempt in range(5):
+            try:
+                store = optuna.storages.RDBStorage(text, **kwargs)
+                break
+            except Exception as exc:  # two processes creating the tables at once: the loser finds them next time
+                if attempt == 4 or ("already exists" not in str(exc) and "locked" not in str(exc)):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if text.startswith("sqlite"):
             _fast_sqlite(store)
         return store
@@ -590,13 +599,13 @@ def _fail_stale(handle: StudyHandle, grace: float) -> int:
         if now - (beat if beat is not None else started) <= grace:
             continue
         trial_id = handle.storage.get_trial_id_from_study_id_trial_number(handle.study._study_id, t.number)
-        try:
+        try:  # the reason first: a finished trial takes no more attributes
+            handle.storage.set_trial_user_attr(trial_id, "failure", f"stale: no heartbeat for {grace:g} s "
+                                               "(its worker died?); enqueued again")
             if not handle.storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 continue
         except Exception:  # another worker failed it first (UpdateFinishedTrialError), or a busy database
             continue
-        with contextlib.suppress(Exception):
-            handle.storage.set_trial_user_attr(trial_id, "failure", "stale: no heartbeat (worker died?)")
         unit = _unit_of(t)
         if unit is not None:
             _enqueue(handle.study, unit, handle.plan)
@@ -629,6 +638,8 @@ def _claim(handle: StudyHandle) -> tuple[Any, Unit] | str:
                 continue
         except Exception:  # finished meanwhile, or a busy SQLite file: look at the next one
             continue
+        with contextlib.suppress(Exception):  # who runs it: for operators (and the kill test)
+            handle.storage.set_trial_system_attr(trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         # Two processes that continued a study at the same moment may have enqueued one unit twice: the
         # lowest-numbered live trial of a unit is the one that runs; a higher one is closed unrun.
         twins = [o for o in handle.trials() if o.number < t.number and o.state.name in LIVE and _unit_of(o) == unit]

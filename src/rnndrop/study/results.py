@@ -189,6 +189,7 @@ def write_results(results: StudyResults, out: str | Path, *, extra: Mapping[str,
             figures.validation_curves(results.runs, order, out / "validation_curves.png")
             files.append("validation_curves.png")
         if build_model is not None:
-            figures.mask_patterns([(name, m["panels"]) for name, m in masks.items()], out / "masks.png")
+            figures.mask_patterns([(f"{name} (p = {m['rate']:g})" if name != "none" else name, m["panels"])
+                                   for name, m in masks.items()], out / "masks.png")
             files.append("masks.png")
     return files
