@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from rnndrop.study import TrialContext, WorkerSettings, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_tagger import TAGS, TEST, TRAIN, VAL, Tagger, loss_and_accuracy  # noqa: E402
+from study_tagger import TAGS, TEST, TRAIN, VAL, Tagger, loss_and_accuracy
 
 
 def _loader(data: tuple[torch.Tensor, torch.Tensor, torch.Tensor], shuffle: bool, seed: int = 0) -> DataLoader:

@@ -72,7 +72,10 @@ class Tagger(nn.Module):
         return self.out(padded)
 
 
-def loss_and_accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def loss_and_accuracy(model: nn.Module, data: Split) -> tuple[float, float]:
     """Mean cross-entropy per real token and token accuracy, in eval mode."""
     tokens, tags, lengths = data
     model.eval()
@@ -83,7 +86,7 @@ def loss_and_accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, 
     return loss, (logits.argmax(-1)[real] == tags[real]).float().mean().item()
 
 
-# ---------------------------------------------------------------------------------------------- the study's three functions
+# ---------------------------------------------------------------------------------------------- the three functions
 def build_model(seed: int) -> nn.Module:
     """A fresh tagger without dropout (the study seeds torch first and applies each strategy)."""
     return Tagger()
