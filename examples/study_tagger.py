@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = run_study(  # module-level functions (and partial) pickle into worker processes
-        build_model=build_model, fit=functools.partial(fit, epochs=args.epochs), test=test, strategies=args.strategies.split(","),
+        build_model=build_model, fit=functools.partial(fit, epochs=args.epochs), test=test,
+        strategies=args.strategies.split(","),
         rates=[float(r) for r in args.rates.split(",")], search_seeds=args.search_seeds, seeds=args.seeds,
         direction="minimize", metric="accuracy", out=args.out, storage=args.storage, study_name=args.study,
         config={"example": "study_tagger", "epochs": args.epochs}, workers=args.workers, plots=not args.no_plots,
