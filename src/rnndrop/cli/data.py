@@ -6,7 +6,7 @@ Where things live:
   every loader shares (padding, stratified splits, label encoding, standardization);
 * :mod:`rnndrop.cli.builtin_datasets`: the bundled JapaneseVowels set, Fashion-MNIST from idx files;
 * :mod:`rnndrop.cli.user_files`: ``--data`` (``.npz``, long-format ``.csv``, formats in its docstring)
-  and ``--text``; :mod:`rnndrop.cli.csv_columns` reads the CSV columns with numpy.
+  and ``--text``; :mod:`rnndrop.cli.csv_table` reads CSV files with pyarrow.
 
 Nothing here downloads anything.
 """
