@@ -1,5 +1,5 @@
 """The CSV reader (pyarrow's, with rnndrop's checks): ``load_csv`` equal to a plain csv-module reading of the
-same file (the oracle below) on many layouts; errors name the right line; memory stays below three times the
+same file (the oracle below) on many layouts; errors name the right line; memory stays below five times the
 file's size (pyarrow's buffers included)."""
 
 from __future__ import annotations
