@@ -412,7 +412,7 @@ def tuned_section(default_run: Path, page_dir: Path) -> list[str]:
     rel = default_run.parent.relative_to(page_dir).as_posix()
     lines = ["## Tuned rates: JapaneseVowels, `rnndrop compare`'s default run", "",
              "Each strategy's rate chosen on validation data (grid 0.1, 0.2, 0.3, 0.5 on 2 seeds), then every "
-             "strategy at its rate on 10 seeds (the table of this page above compares placements at one rate, "
+             "strategy at its rate on 10 seeds (the tables below compare placements at one rate, "
              "0.25). Test accuracy, mean ± sd over the 10 seeds, and the paired difference to `none` with its "
              "95% interval simultaneous over the strategies. Protocol and the full table: "
              "[compare.md](compare.md#measured-the-default-run-tuned-rates).", "",
