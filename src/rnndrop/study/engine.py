@@ -798,18 +798,24 @@ def _stop_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="rnndrop-parent-watch", daemon=True).start()
 
 
-def worker_process(storage: str, study_name: str, experiment: Experiment, settings: WorkerSettings,
+def worker_process(storage: str, study_name: str, experiment: Experiment | str, settings: WorkerSettings,
                    threads: int, events: Any | None, parent: int | None = None) -> None:
     """Entry point of a worker process (spawned with SIGINT ignored: the parent stops it with SIGTERM).
 
     Runs :func:`run_worker`; puts each trial's :class:`TrialOutcome` on ``events`` (a multiprocessing
     queue) and, at the end, ``("done", None)`` or ``("error", message)``. Never prints a traceback.
-    Stops (its running trial marked interrupted) when process ``parent`` is gone.
+    Stops (its running trial marked interrupted) when process ``parent`` is gone. ``experiment`` may be the
+    path of a file holding it pickled (what :func:`run_workers` passes).
     """
     signal.signal(signal.SIGTERM, _raise_stopped)
     if parent is not None:
         _stop_with_parent(parent)
     try:
+        if isinstance(experiment, str):
+            import pickle
+
+            with open(experiment, "rb") as f:
+                experiment = pickle.load(f)
         torch.set_num_threads(threads)
         _quiet_optuna()
         handle = open_study(storage, study_name, None, None)
@@ -842,18 +848,33 @@ def run_workers(storage: str, study_name: str, experiment: Experiment, settings:
     trial. A worker's error is raised here as :class:`StudyError`; Ctrl-C stops every worker (each marks its
     running trial interrupted) and is raised here as ``KeyboardInterrupt``."""
     import multiprocessing
+    import pickle
+    import tempfile
 
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the children: Ctrl-C reaches only us
+    # The experiment (its data) goes to the workers through a file: starting a process then only forks and
+    # execs, so the moment in which Ctrl-C is ignored here (for the children to inherit) is short.
+    with tempfile.NamedTemporaryFile(prefix="rnndrop-experiment-", suffix=".pickle", delete=False) as f:
+        pickle.dump(experiment, f)
     try:
-        procs = [ctx.Process(target=worker_process, daemon=True,
-                             args=(storage, study_name, experiment, settings, threads, events, os.getpid()))
-                 for _ in range(workers)]
-        for p in procs:
-            p.start()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the children: Ctrl-C reaches only us
+        try:
+            procs = [ctx.Process(target=worker_process, daemon=True,
+                                 args=(storage, study_name, f.name, settings, threads, events, os.getpid()))
+                     for _ in range(workers)]
+            for p in procs:
+                p.start()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        _collect(procs, events, workers, on_trial)
     finally:
-        signal.signal(signal.SIGINT, old)
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
+
+
+def _collect(procs: list[Any], events: Any, workers: int, on_trial: Callable[[TrialOutcome], None] | None) -> None:
+    """Pass the workers' outcomes to ``on_trial`` until every worker is done; stop them on any exception."""
     finished, errors = 0, []
     try:
         while finished < workers:
