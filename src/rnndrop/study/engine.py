@@ -306,14 +306,16 @@ def open_storage(storage: str | Path, *, timeout: float = 60.0) -> Any:
     if text.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": timeout}}
     try:
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 store = optuna.storages.RDBStorage(text, **kwargs)
                 break
-            except Exception as exc:  # two processes creating the tables at once: the loser finds them next time
-                if attempt == 4 or ("already exists" not in str(exc) and "locked" not in str(exc)):
+            except ImportError:
+                raise
+            except Exception:  # two processes creating the tables at once (a lost race, a locked file): again
+                if attempt == 7:
                     raise
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(0.25 * (attempt + 1))
         if text.startswith("sqlite"):
             _fast_sqlite(store)
         return store
@@ -450,6 +452,23 @@ class StudyHandle:
 
 def open_study(storage: str | Path, study_name: str, plan: StudyPlan | None, config: Mapping[str, Any] | None,
                *, wait_for_plan: float = 60.0) -> StudyHandle:
+    """Create or load the Optuna study ``study_name`` (see :func:`_open_study`), retried a few times when the
+    database is busy (processes starting at once); a study that cannot be opened raises :class:`StudyError`."""
+    for attempt in range(5):
+        try:
+            return _open_study(storage, study_name, plan, config, wait_for_plan=wait_for_plan)
+        except StudyError:
+            raise
+        except Exception as exc:  # sqlalchemy's OperationalError (database is locked), a lost creation race
+            if attempt == 4:
+                raise StudyError(f"study {study_name!r} in {_redact(str(storage))} cannot be opened "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _open_study(storage: str | Path, study_name: str, plan: StudyPlan | None, config: Mapping[str, Any] | None,
+                *, wait_for_plan: float = 60.0) -> StudyHandle:
     """Create or load the Optuna study ``study_name`` and enqueue what ``plan`` asks and the study lacks.
 
     The process that creates the study stores the plan and configuration and enqueues every unit;
