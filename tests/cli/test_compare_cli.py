@@ -326,3 +326,18 @@ def test_language_model_mode(tmp_path, capsys):
             assert m["bits_per_char"] == pytest.approx(m["nll"] / np.log(2))
             assert m["perplexity"] == pytest.approx(np.exp(m["nll"]))
     assert (out / "masks.png").exists()
+
+
+def test_masks_drawn_are_the_masks_the_runs_use(tmp_path):
+    # issue 19, part 4: noise_shape, spatial and keras_input runs are identical, but masks.png drew three different
+    # masks (each strategy's picture from another seed). masks.json holds what masks.png draws.
+    out = tmp_path / "res"
+    assert main([*TINY, "--seeds", "1", "--epochs", "1", "--rate", "0.3", "--strategies",
+                 "noise_shape,spatial,keras_input", "--out", str(out)]) == 0
+    masks = json.loads((out / "masks.json").read_text())
+    pictures = [np.array(masks[name]["panels"][0]["values"]) for name in ("noise_shape", "spatial", "keras_input")]
+    assert (pictures[0] == 0).any() and all(masks[n]["rate"] == 0.3 for n in masks)
+    for p in pictures[1:]:
+        np.testing.assert_array_equal(p, pictures[0])
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len({json.dumps(r["test"], sort_keys=True) for r in runs}) == 1  # and the runs are one run
