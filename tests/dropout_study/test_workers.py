@@ -50,12 +50,14 @@ def _check_exactly_once(study) -> list:
 @pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tmp_path):
     out = tmp_path / "shared"
-    procs = [_worker([*TINY, "--epochs", "3", "--out", str(out)], tmp_path / f"w{k}.log") for k in range(2)]
+    procs = [_worker([*TINY, "--epochs", "3", "--heartbeat", "5", "--out", str(out)], tmp_path / f"w{k}.log")
+             for k in range(2)]
     for p in procs:
         assert p.wait(timeout=600) == 0, [(tmp_path / f"w{k}.log").read_text()[:3000] for k in range(2)]
     study = optuna.load_study(study_name="rnndrop-compare", storage=f"sqlite:///{out / 'study.db'}")
     trials = _check_exactly_once(study)
-    assert not [t for t in trials if t.state.name == "FAIL"]
+    failed = [t.user_attrs.get("failure", "") for t in trials if t.state.name == "FAIL"]
+    assert all(f.startswith(("stale", "duplicate")) for f in failed), failed  # retried, never lost or doubled
     workers = {t.system_attrs[WORKER_ATTR] for t in trials}
     assert len(workers) == 2, workers  # both processes ran trials
 
@@ -155,7 +157,11 @@ def test_workers_on_postgres_one_killed_mid_trial(tmp_path, postgres_url):
     trials = _check_exactly_once(study)
     dead = study.get_trials()[killed]
     assert dead.state.name == "FAIL" and "stale" in dead.user_attrs["failure"]
-    assert [t.number for t in trials if t.state.name == "FAIL"] == [killed]
+    failed = [t for t in trials if t.state.name == "FAIL" and t.number != killed]
+    # Besides the killed trial, a failure may only be a twin enqueued by a worker that started while the dead
+    # trial was being retried: closed unrun as "duplicate of trial N" (so the unit still ran once).
+    assert all(t.user_attrs.get("failure", "").startswith("duplicate of trial") and "record" not in t.user_attrs
+               for t in failed), [(t.number, t.user_attrs) for t in failed]
     retried = [t for t in trials if _unit_of(t) == _unit_of(dead) and t.state.name in ("COMPLETE", "PRUNED")]
     assert len(retried) == 1 and retried[0].number > killed  # its unit ran again, once
     # Each survivor wrote the same report, and --report renders it from the server at any time.

@@ -717,9 +717,22 @@ def run_worker(handle: StudyHandle, experiment: Experiment, settings: WorkerSett
 def _run_trial(handle: StudyHandle, experiment: Experiment, settings: WorkerSettings, frozen: Any, unit: Unit,
                on_trial: Callable[[TrialOutcome], None] | None,
                on_start: Callable[[Unit, float], None] | None) -> None:
-    optuna = _optuna()
     storage, study = handle.storage, handle.study
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, frozen.number)
+    with _Heartbeat(storage, trial_id, settings.heartbeat_interval):  # from the claim on: never taken for dead
+        try:
+            _run_claimed(handle, experiment, settings, frozen, unit, trial_id, on_trial, on_start)
+        except _optuna().exceptions.UpdateFinishedTrialError:
+            # Another worker took this trial for dead (no heartbeat within the grace period: a stalled machine)
+            # and enqueued its unit again: this worker's result is dropped, the retry runs it.
+            return
+
+
+def _run_claimed(handle: StudyHandle, experiment: Experiment, settings: WorkerSettings, frozen: Any, unit: Unit,
+                 trial_id: int, on_trial: Callable[[TrialOutcome], None] | None,
+                 on_start: Callable[[Unit, float], None] | None) -> None:
+    optuna = _optuna()
+    storage, study = handle.storage, handle.study
     rate = unit.rate if unit.rate is not None else handle.tuned_rate(unit.strategy)
     assert rate is not None, "a final trial was claimed before its strategy's search finished"
     rate_dist = optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -736,32 +749,33 @@ def _run_trial(handle: StudyHandle, experiment: Experiment, settings: WorkerSett
         on_start(unit, rate)
     start = time.perf_counter()
     state, value, test = "FAIL", None, None
-    with _Heartbeat(storage, trial_id, settings.heartbeat_interval):
-        try:
-            model = build_for_trial(experiment, unit.strategy, rate, unit.seed)
-            score = float(experiment.fit(model, ctx))
-            if unit.phase == "final":
-                test = {k: float(v) for k, v in dict(experiment.test(model, ctx)).items()}
-                ctx.record(test=test)
-            if not math.isfinite(score):
-                ctx.record(diverged=True)
-                score = math.inf if handle.plan.direction == "minimize" else -math.inf
-            ctx.record(seconds=time.perf_counter() - start)
-            _store_records(trial, ctx._records)
-            study.tell(trial, score)
-            state, value = "COMPLETE", score
-        except optuna.TrialPruned:
-            ctx.record(seconds=time.perf_counter() - start, pruned=True)
-            _store_records(trial, ctx._records)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            state = "PRUNED"
-            value = storage.get_trial(trial_id).value
-        except BaseException as exc:
-            reason = "interrupted" if isinstance(exc, (KeyboardInterrupt, WorkerStopped)) else repr(exc)[:500]
-            with contextlib.suppress(BaseException):
-                storage.set_trial_user_attr(trial_id, "failure", reason)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
+    try:
+        model = build_for_trial(experiment, unit.strategy, rate, unit.seed)
+        score = float(experiment.fit(model, ctx))
+        if unit.phase == "final":
+            test = {k: float(v) for k, v in dict(experiment.test(model, ctx)).items()}
+            ctx.record(test=test)
+        if not math.isfinite(score):
+            ctx.record(diverged=True)
+            score = math.inf if handle.plan.direction == "minimize" else -math.inf
+        ctx.record(seconds=time.perf_counter() - start)
+        _store_records(trial, ctx._records)
+        study.tell(trial, score)
+        state, value = "COMPLETE", score
+    except optuna.TrialPruned:
+        ctx.record(seconds=time.perf_counter() - start, pruned=True)
+        _store_records(trial, ctx._records)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        state = "PRUNED"
+        value = storage.get_trial(trial_id).value
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, (KeyboardInterrupt, WorkerStopped)) else repr(exc)[:500]
+        with contextlib.suppress(BaseException):
+            storage.set_trial_user_attr(trial_id, "failure", reason)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
     if on_trial is not None:
         on_trial(TrialOutcome(frozen.number, unit, rate, state, value, time.perf_counter() - start, test))
 
