@@ -13,7 +13,7 @@ REQUIRE_KERNELS ?= 1
 PIP = $(VENV)/bin/pip --disable-pip-version-check -q
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint install install-test kernels clean
+.PHONY: demo test lint install install-test kernels clean postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,11 @@ demo: $(VENV)/.installed-cli kernels
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
 
-test: install-test lint
+# The PostgreSQL server binaries for the multi-worker study test (installed with apt-get when missing and root).
+postgres:
+	scripts/ensure-postgres.sh
+
+test: install-test lint postgres
 	RNNDROP_REQUIRE_KERNELS=$(REQUIRE_KERNELS) $(BIN)/python -m pytest
 
 clean:

@@ -25,15 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from rnndrop.cli.metrics import paired_interval, t_quantile
+from rnndrop.study.metrics import paired_interval, t_quantile
 
 
 def load_protocol(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
-    """(config, {(strategy, seed): run record}) of one result folder (its ``runs/*.json``)."""
+    """(config, {(strategy, seed): run record}) of one result folder: its study (``study.db``, the final
+    trials) or, for folders of the earlier ``rnndrop compare``, its ``runs/*.json``."""
     config = json.loads((folder / "config.json").read_text())
     runs = {}
-    for f in sorted((folder / "runs").glob("*.json")):
-        r = json.loads(f.read_text())
+    if (folder / "study.db").exists():
+        from rnndrop.study import load_results
+
+        records = load_results(f"sqlite:///{(folder / 'study.db').resolve()}", "rnndrop-compare").runs
+    else:
+        records = [json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))]
+    for r in records:
         runs[(r["strategy"], r["seed"])] = r
     if not runs:
         raise SystemExit(f"{folder}: no finished runs")

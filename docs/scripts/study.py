@@ -108,6 +108,7 @@ TASKS: dict[str, StudyTask] = {
     ),
 }
 TINY = ("--seeds", "2", "--epochs", "2", "--mc-samples", "2", "--hidden", "16")
+RATE = 0.25  # this study compares placements at one rate; `rnndrop compare` tunes rates (docs/compare.md)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -115,7 +116,7 @@ def compare_argv(name: str, results: Path, *, tiny: bool, data_dir: str | None, 
                  jobs: int | None) -> list[str]:
     task = TASKS[name]
     argv = ["compare", *task.options, "--seeds", str(task.seeds), "--strategies", ",".join(STRATEGIES),
-            "--out", str(results / name), "--no-plots"]
+            "--rate", str(RATE), "--out", str(results / name), "--no-plots"]
     if tiny:
         argv += [*task.tiny, *TINY]  # later flags win
     if task.needs_data:
@@ -140,7 +141,7 @@ def run_tasks(names: list[str], results: Path, *, tiny: bool, data_dir: str | No
 
 # ---------------------------------------------------------------------------------------------- statistics
 def _interval(values: np.ndarray, comparisons: int = 1, confidence: float = 0.95) -> tuple[float, float, float]:
-    from rnndrop.cli.metrics import t_quantile
+    from rnndrop.study.metrics import t_quantile
 
     mean = float(values.mean())
     if len(values) < 2:
@@ -151,10 +152,18 @@ def _interval(values: np.ndarray, comparisons: int = 1, confidence: float = 0.95
 
 
 def load_runs(folder: Path) -> list[dict[str, Any]]:
-    """The finished runs of one task folder, compact: strategy, seed, test metrics (det and MC), epochs, seconds."""
+    """The finished runs of one task folder, compact: strategy, seed, test metrics (det and MC), epochs, seconds.
+
+    Read from the folder's Optuna study (``study.db``, finished final trials only), or from the one file per
+    run that ``rnndrop compare`` wrote before it kept its trials in a study (``runs/*.json``)."""
+    if (folder / "study.db").exists():
+        from rnndrop.study import load_results
+
+        records = load_results(f"sqlite:///{(folder / 'study.db').resolve()}", "rnndrop-compare").runs
+    else:
+        records = [json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))]
     out = []
-    for f in sorted((folder / "runs").glob("*.json")):
-        r = json.loads(f.read_text())
+    for r in records:
         out.append({
             "strategy": r["strategy"], "seed": r["seed"], "rate": r["rate"], "test": r["test"],
             "test_mc": r["test_mc"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
@@ -339,7 +348,88 @@ def figure(tasks: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | None) -> str:
+API_SECTION = """## Your own model: `rnndrop.study`
+
+The engine behind `rnndrop compare` is a library (`pip install "rnndrop[study]"`: Optuna and SciPy;
+matplotlib only for the plots). It runs the same study — rates searched per strategy on validation data,
+every strategy at its tuned rate over the seeds, tested and compared with no dropout seed by seed — on
+**your** model and training loop. You write three functions; nothing changes in the model's code:
+
+<!-- fragment: the reader's own model and functions -->
+```python
+import torch
+from rnndrop.study import run_study
+
+def build_model(seed):                 # a fresh model WITHOUT dropout (torch is seeded first)
+    return MyTagger()                  # rnndrop layers, or torch.nn LSTM / GRU / RNN (converted)
+
+def fit(model, trial):                 # your loop; returns the validation score (lower is better)
+    for epoch in range(1, 31):
+        train_one_epoch(model)
+        val_loss = evaluate(model, validation_data)
+        trial.report(epoch, val_loss)  # lets the study prune a hopeless search trial
+    return val_loss                    # trial.seed / .strategy / .rate / .phase; trial.fresh_model()
+
+def test(model, trial):                # final trials only
+    return {"accuracy": accuracy(model, test_data)}
+
+results = run_study(build_model=build_model, fit=fit, test=test, out="my-study",
+                    strategies=["none", "recurrent", "keras_both", "zoneout"], rates=[0.1, 0.2, 0.3, 0.5],
+                    search_seeds=2, seeds=10)
+print(results.table()); print(results.recommendation); results.tuned_rates
+```
+
+- `rnndrop.study.apply_strategy(model, "recurrent", 0.3)` is the one call the engine makes per trial: it
+  sets every recurrent layer's in-layer options (`input_dropout`, `recurrent_dropout`, `gate_masks`,
+  `weight_dropout`, `zoneout_*`, `candidate_dropout`), or attaches the before-layer dropout
+  (`input_dropout_per_step`, `noise_shape`, `spatial`) or after-layer dropout (`output_dropout`: every
+  step's output and `h_n`) to the layer itself as child modules run by forward hooks — so `train()` /
+  `eval()`, `rnndrop.mc_predict` and the state dict work as for any dropout, packed sequences included.
+  `torch.nn` recurrent layers are converted to rnndrop's first (same parameters and state-dict keys). A
+  layer that already has the dropouts the study adds is refused.
+- Trials, storage and workers are those of `rnndrop compare`
+  ([compare.md](compare.md#the-study-storage-workers-interruptions)): `out=` keeps the study in
+  `out/study.db`; `storage="postgresql+psycopg://..."` (or a journal file) and `study_name=` let any
+  number of processes or machines run `run_study` with the same arguments on one study; `workers=N`
+  starts N local processes (your functions must then be module-level); running it
+  again continues it; `rnndrop.study.load_results(storage, name)` reads it at any time.
+- The results folder gets `results.json`, `results.csv`, `search.csv`, `dose_response.png`,
+  `accuracy.png`, `masks.png`.
+- Examples (in the test suite on a tiny budget): `examples/study_tagger.py` — a `torch.nn` bidirectional
+  two-layer GRU tagger with its own loop; `examples/study_lightning.py` — the same with a PyTorch
+  Lightning `Trainer` (a callback reports each epoch's validation loss).
+"""
+
+
+def tuned_section(default_run: Path, page_dir: Path) -> list[str]:
+    """The tuned-rate default run of `rnndrop compare` (docs/compare/default_run.json), if it is there."""
+    if not default_run.exists():
+        return []
+    data = json.loads(default_run.read_text())
+    if "tuned_rates" not in data:
+        return []
+    comps = {c["strategy"]: c for c in data["comparisons_vs_none"]["results"]}
+    rel = default_run.parent.relative_to(page_dir).as_posix()
+    lines = ["## Tuned rates: JapaneseVowels, `rnndrop compare`'s default run", "",
+             "Each strategy's rate chosen on validation data (grid 0.1, 0.2, 0.3, 0.5 on 2 seeds), then every "
+             "strategy at its rate on 10 seeds (the tables below compare placements at one rate, "
+             "0.25). Test accuracy, mean ± sd over the 10 seeds, and the paired difference to `none` with its "
+             "95% interval simultaneous over the strategies. Protocol and the full table: "
+             "[compare.md](compare.md#measured-the-default-run-tuned-rates).", "",
+             "| strategy | tuned rate | test accuracy | − none [simultaneous 95%] |", "|---|---|---|---|"]
+    for r in data["summary"]:
+        c = comps.get(r["strategy"])
+        diff = "–" if c is None else (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+                                      if "low" in c else f"{c['difference']:+.4f}")
+        lines.append(f"| `{r['strategy']}` | {r['rate']:g} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
+                     f"| {diff} |")
+    lines += ["", f"> {data['recommendation']}", "",
+              f"![Validation NLL against rate]({rel}/dose_response.png)", ""]
+    return lines
+
+
+def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | None,
+           extra: list[str] | None = None) -> str:
     lines = [
         "# Which dropout should my RNN use? A study on three real tasks",
         "",
@@ -359,10 +449,11 @@ def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | N
         lines.append(f"| {task.title} | {task.seeds} | {task.notes} | `python docs/scripts/study.py --task {name}"
                      f"{' --download' if task.needs_data else ''}` |")
     lines += ["", f"Strategies: {', '.join(f'`{s}`' for s in STRATEGIES)}.", ""]
+    lines += [*(extra or [])]
     if missing:
         lines += [f"**Not run yet:** {', '.join(missing)} (no finished runs in the results folder).", ""]
     if not tasks:
-        return "\n".join(lines).rstrip() + "\n"
+        return "\n".join([*lines, API_SECTION]).rstrip() + "\n"
     lines += ["## The answer, as far as the intervals go", "", *plain_answer(tasks), ""]
     lines += ["## A Dropout layer before the RNN, or the layer's own dropout / recurrent_dropout?", "",
               *what_differs(tasks), ""]
@@ -385,6 +476,7 @@ def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | N
             "The question's contrasts, paired by seed (simultaneous over the contrasts of this task):", "",
             *contrast_table(t), "",
         ]
+    lines.append(API_SECTION)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -412,7 +504,8 @@ def page_from_json(results_json: Path, out_md: Path) -> str:
     figure_name = None
     if data["tasks"]:
         figure_name = f"{results_json.parent.relative_to(out_md.parent).as_posix()}/differences.png"
-    return render(data["tasks"], data["missing"], figure_name)
+    default_run = out_md.parent / "compare" / "default_run.json"
+    return render(data["tasks"], data["missing"], figure_name, tuned_section(default_run, out_md.parent))
 
 
 def render_from_json(results_json: Path, out_md: Path) -> int:

@@ -1,4 +1,4 @@
-"""Progress output of ``rnndrop compare``: bars only on a terminal; a log gets one line per run."""
+"""Progress output of ``rnndrop compare``: bars only on a terminal; a log gets one line per trial."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ class _Terminal(io.StringIO):
 
 def _simulate(progress: Progress) -> None:
     for seed in (0, 1):
-        on_epoch = progress.start_run("recurrent", seed, epochs=3)
+        on_epoch = progress.start_run(f"final recurrent rate 0.2 seed {seed}", epochs=3)
         for epoch in range(1, 4):
             on_epoch(epoch, {"val_loss": 0.5, "val_accuracy": 0.8})
-        progress.finish_run("recurrent", seed, "test accuracy", 0.875, 1.25)
+        progress.finish_run(f"final recurrent rate 0.2 seed {seed}", "test accuracy 0.875", 1.25)
     progress.close()
 
 
@@ -39,8 +39,8 @@ def test_bars_on_a_terminal_lines_elsewhere_nothing_with_no_progress() -> None:
     _simulate(progress)
     assert progress.mode == "lines" and err.getvalue() == ""
     assert out.getvalue().splitlines() == [
-        "run 2/3 done: recurrent seed 0, test accuracy 0.875, 1.2 s",
-        "run 3/3 done: recurrent seed 1, test accuracy 0.875, 1.2 s",
+        "trial 2/3 done: final recurrent rate 0.2 seed 0, test accuracy 0.875, 1.2 s",
+        "trial 3/3 done: final recurrent rate 0.2 seed 1, test accuracy 0.875, 1.2 s",
     ]
 
     out, err = io.StringIO(), _Terminal()
@@ -57,13 +57,14 @@ def test_redirected_compare_writes_a_log_without_escape_sequences(tmp_path) -> N
     with log.open("w") as f:  # `rnndrop compare --quick ... > log 2>&1`
         result = subprocess.run(
             [*command, "compare", "--quick", "--strategies", "none,recurrent", "--train-limit", "54",
-             "--test-limit", "36", "--no-plots", "--out", str(tmp_path / "out")],
+             "--test-limit", "36", "--no-plots", "--out", str(tmp_path / "out"), "--rate", "0.3"],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600, cwd=tmp_path,
         )
     text = log.read_text()
     assert result.returncode == 0, text[-3000:]
     assert "\x1b" not in text and "\r" not in text, "progress bars (escape sequences) in a redirected log"
-    runs = re.findall(r"^run (\d)/2 done: (\w+) seed 0, test accuracy ([\d.]+), ([\d.]+) s$", text, re.M)
-    assert [(n, s) for n, s, _, _ in runs] == [("1", "none"), ("2", "recurrent")], text
-    assert all(0 <= float(acc) <= 1 for _, _, acc, _ in runs)
+    runs = re.findall(r"^trial (\d)/2 done: final (\w+) rate ([\d.]+) seed 0, test accuracy ([\d.]+), ([\d.]+) s$",
+                      text, re.M)
+    assert [(n, s, r) for n, s, r, _, _ in runs] == [("1", "none", "0"), ("2", "recurrent", "0.3")], text
+    assert all(0 <= float(acc) <= 1 for _, _, _, acc, _ in runs)
     assert "Recommendation: " in text

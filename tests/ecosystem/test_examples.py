@@ -77,3 +77,42 @@ def test_lightning_example_learns() -> None:
     proc = _run(str(EXAMPLES / "train_lightning.py"), "--steps", "40", "--json")
     [metrics] = _json_lines(proc.stdout)
     assert metrics["steps"] == 40 and metrics["val_accuracy"] > LEARNED
+
+
+# ---------------------------------------------------------------------------------------------- dropout studies
+STUDY_TINY = ["--strategies", "none,recurrent,noise_shape", "--rates", "0.2,0.4", "--search-seeds", "1", "--seeds",
+              "2", "--epochs", "2"]
+
+
+def _check_study(summary: dict, out: Path, strategies: int) -> None:
+    assert summary["missing"] == [] and set(summary["tuned_rates"]) == set(STUDY_TINY[1].split(","))
+    assert summary["tuned_rates"]["none"] == 0.0
+    assert all(summary["tuned_rates"][s] in (0.2, 0.4) for s in STUDY_TINY[1].split(",")[1:])
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["runs"]) == strategies * 2 and all(0 <= r["test"]["accuracy"] <= 1 for r in result["runs"])
+    assert result["search"]["recurrent"]["grid"][0]["seeds"] == [0]
+    for name in ("results.csv", "search.csv", "study.db", "masks.json"):
+        assert (out / name).exists()
+
+
+@pytest.mark.slow
+def test_dropout_study_on_a_torch_tagger_with_its_own_loop(tmp_path) -> None:
+    """The user-model API: a torch.nn bidirectional two-layer GRU tagger, its own fit/test functions."""
+    tagger = _load("study_tagger")
+    summary = tagger.main([*STUDY_TINY, "--out", str(tmp_path / "one"), "--no-plots"])
+    _check_study(summary, tmp_path / "one", 3)
+    # Two worker processes on one study (the functions are pickled into them): the same answer.
+    proc = _run(str(EXAMPLES / "study_tagger.py"), *STUDY_TINY, "--out", str(tmp_path / "two"), "--workers", "2",
+                "--no-plots", timeout=600)
+    two = _json_lines(proc.stdout)[-1]
+    _check_study(two, tmp_path / "two", 3)
+    assert two["tuned_rates"] == summary["tuned_rates"] and two["accuracy"] == summary["accuracy"]
+
+
+@pytest.mark.slow
+def test_dropout_study_with_a_lightning_loop(tmp_path) -> None:
+    pytest.importorskip("lightning")
+    lit = _load("study_lightning")
+    summary = lit.main([*STUDY_TINY, "--out", str(tmp_path / "lit")])
+    _check_study(summary, tmp_path / "lit", 3)
+    assert (tmp_path / "lit" / "dose_response.png").exists() and (tmp_path / "lit" / "masks.png").exists()

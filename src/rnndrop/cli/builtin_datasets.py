@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sequences import DataError, SequenceData, Task, pad, stratified_split
+from ..study.data import DataError, SequenceData, Task, pad, stratified_split
 
 BUNDLED = "japanese_vowels"
 

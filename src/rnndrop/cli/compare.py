@@ -1,10 +1,13 @@
-"""``rnndrop compare``: which dropout should my RNN use? Train the same model under each strategy and see.
+"""``rnndrop compare``: which dropout should my RNN use, at which rate? A study on real data, on Optuna.
 
 With no arguments it runs on the bundled JapaneseVowels speech data (270 train / 370 test sequences,
-12 channels, 9 speakers), every available strategy (:mod:`rnndrop.cli.strategies`), 3 seeds, and writes
-a table, ``results.json``, ``results.csv`` and PNG plots into a new folder. Protocol: see
-:mod:`rnndrop.cli.runner`. Finished runs are saved one file each, atomically, so an interrupted
-comparison resumes where it stopped when run again with the same options.
+12 channels, 9 speakers): for each strategy (:mod:`rnndrop.study.strategies`) the rates 0.1, 0.2, 0.3, 0.5
+on 2 seeds, scored on validation data only; then every strategy at its tuned rate on 10 seeds, tested,
+and compared with no dropout seed by seed. Writes a table, ``results.json``, ``results.csv``,
+``search.csv`` and PNG plots into a new folder. This command only parses arguments and loads data: the
+study is :func:`rnndrop.study.run_study`'s engine with :class:`rnndrop.study.protocol.SequenceExperiment`.
+Every trial lives in an Optuna study (``study.db`` in the folder, or ``--storage``), so an interrupted
+comparison continues where it stopped when run again with the same options.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,16 +26,29 @@ import numpy as np
 
 from .data import DataError, Task
 
-# The training protocol (see rnndrop.cli.runner), chosen by a paired 10-seed measurement against the
+# The training protocol (see rnndrop.study.protocol), chosen by a paired 10-seed measurement against the
 # previous one (torch init, lr 5e-3, clip 1, constant lr, patience 15, no refit): docs/compare.md.
 # patience None = the epoch budget: no early stopping (the cosine schedule needs its whole horizon).
 PROTOCOL = {"init": "keras", "lr": 3e-3, "clip_norm": 0.0, "schedule": "cosine", "refit": True, "patience": None}
-# 10 seeds: with this protocol's seed-to-seed sd of paired differences (0.006) a true difference of 0.01
-# is named with probability about 0.9 despite the Bonferroni correction over 11 comparisons.
-DEFAULTS = {"seeds": 10, "epochs": 60, "mc_samples": 20, "hidden": 64, **PROTOCOL}
-QUICK = {"seeds": 1, "epochs": 6, "mc_samples": 5, "hidden": 32, **PROTOCOL}
+# 10 final seeds: with this protocol's seed-to-seed sd of paired differences (0.006) a true difference of
+# 0.01 is named with probability about 0.9 despite the Bonferroni correction over 11 comparisons.
+# 2 search seeds x 4 rates: the budget of docs/compare.md ("The budget").
+DEFAULTS = {"seeds": 10, "search_seeds": 2, "epochs": 60, "mc_samples": 20, "hidden": 64, **PROTOCOL}
+QUICK = {"seeds": 1, "search_seeds": 1, "epochs": 6, "mc_samples": 5, "hidden": 32, **PROTOCOL}
+SEARCH_RATES = (0.1, 0.2, 0.3, 0.5)
+# On the one-layer model these are noise_shape's law, a (B, C) input mask: spatial draws it from the same
+# random stream (its trials are noise_shape's, bit for bit), keras_input from the layer's own counter-based
+# sampler (other numbers, the same distribution: a comparison with noise_shape measures seed noise only).
+# Left out of the default set (they cost a sixth of its time); --strategies runs them (docs/compare.md).
+SAME_AS_NOISE_SHAPE = ("spatial", "keras_input")
 RESULTS_PREFIX = "rnndrop-results-"
-EMBED = 32  # character embedding width of the language-model mode
+STUDY_NAME = "rnndrop-compare"
+# A search trial is pruned from half its epochs on when its best validation NLL so far is worse than another
+# rate's on the same seed at that epoch by more than 25% and 0.02 nats (about one of 54 validation
+# sequences confidently wrong): docs/compare.md, "The budget".
+PRUNE_MIN_DELTA = 0.02
+MAX_EPOCHS = 10_000  # more is a typo (a run of the default model at 10,000 epochs takes hours)
+MAX_SEEDS = 1_000
 
 
 class UsageError(ValueError):
@@ -42,12 +57,13 @@ class UsageError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- parser
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .strategies import CELLS, STRATEGIES
+    from ..study.strategies import CELLS, STRATEGIES
 
     p = sub.add_parser(
         "compare",
-        help="train one RNN under every dropout strategy on real data and compare them",
-        description="Which dropout should my RNN use? Train the same model under each strategy and see.",
+        help="which dropout at which rate: tune and compare every dropout strategy on real data",
+        description="Which dropout should my RNN use, at which rate? Each strategy's rate is chosen on validation "
+        "data, then every strategy at its rate is trained over the seeds, tested and compared with no dropout.",
         epilog="Strategies: " + ", ".join(s.name for s in STRATEGIES) + " (see --list-strategies).",
     )
     src = p.add_argument_group("data (default: the bundled JapaneseVowels set)")
@@ -74,16 +90,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--time-col", default="time", help="CSV time-step column (default 'time')")
     src.add_argument("--label-col", default="label", help="CSV label column (default 'label')")
 
-    m = p.add_argument_group("model and strategies")
+    m = p.add_argument_group("model, strategies and rates")
     m.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell (default lstm)")
-    m.add_argument("--strategies", metavar="A,B,...", help="comma-separated subset (default: all)")
+    m.add_argument("--strategies", metavar="A,B,...", help="comma-separated subset (default: all but "
+                   f"{' and '.join(SAME_AS_NOISE_SHAPE)}, whose runs equal noise_shape's on this model)")
     m.add_argument("--list-strategies", action="store_true", help="describe the strategies and exit")
-    m.add_argument("--rate", type=float, default=0.25, help="dropout rate of every strategy (default 0.25)")
-    m.add_argument("--rates", metavar="NAME=P,...", help="per-strategy rates overriding --rate, e.g. zoneout=0.1")
+    m.add_argument("--search-rates", metavar="P,P,...", default=",".join(f"{r:g}" for r in SEARCH_RATES),
+                   help="the grid each strategy's rate is chosen from on validation data (default "
+                   f"{','.join(f'{r:g}' for r in SEARCH_RATES)})")
+    m.add_argument("--search-seeds", type=int, metavar="N",
+                   help=f"seeds of the rate search, 0..N-1 (default {DEFAULTS['search_seeds']})")
+    m.add_argument("--rate", type=float, help="one fixed rate for every strategy: no search")
+    m.add_argument("--rates", metavar="NAME=P,...", help="fixed rates for these strategies (the others are tuned), "
+                   "e.g. zoneout=0.1")
     m.add_argument("--hidden", type=int, help=f"hidden units (default {DEFAULTS['hidden']})")
 
     t = p.add_argument_group("protocol")
-    t.add_argument("--seeds", type=int, help=f"number of seeds 0..N-1 (default {DEFAULTS['seeds']})")
+    t.add_argument("--seeds", type=int, help=f"seeds of the final comparison, 0..N-1 (default {DEFAULTS['seeds']})")
     t.add_argument("--epochs", type=int, help=f"epoch budget per run (default {DEFAULTS['epochs']})")
     t.add_argument("--patience", type=int,
                    help="early stopping patience in epochs (default: the epoch budget, i.e. no early stopping)")
@@ -98,22 +121,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--refit", action=argparse.BooleanOptionalAction,
                    help="retrain on all training sequences for the selected number of epochs "
                    f"(default {'on' if DEFAULTS['refit'] else 'off'})")
-    t.add_argument("--jobs", type=int, metavar="N",
-                   help="runs trained at once in separate processes (default: the usable cores; --quick: 1)")
+    t.add_argument("--no-pruning", action="store_true", help="run every search trial to the end")
     t.add_argument("--val-fraction", type=float, default=0.2, help="validation share of training data (default 0.2)")
     t.add_argument("--mc-samples", type=int, help=f"Monte-Carlo dropout passes (default {DEFAULTS['mc_samples']})")
     t.add_argument("--no-standardize", action="store_true", help="do not standardize channels")
     t.add_argument("--quick", action="store_true",
                    help="smoke test under a minute: "
-                   + ", ".join(f"{k}={v}" for k, v in QUICK.items() if k not in PROTOCOL))
+                   + ", ".join(f"{k}={v}" for k, v in QUICK.items() if k not in PROTOCOL) + ", --rate 0.25")
+
+    s = p.add_argument_group("study storage and workers")
+    s.add_argument("--storage", metavar="URL", help="the Optuna storage of the study: postgresql://..., mysql://..., "
+                   "sqlite:///file.db or an Optuna journal file path (default: study.db, SQLite, in --out); "
+                   "any number of workers on any machines may run the same command on one storage")
+    s.add_argument("--study", metavar="NAME", default=STUDY_NAME, help=f"the study's name (default {STUDY_NAME})")
+    s.add_argument("--jobs", type=int, metavar="N",
+                   help="worker processes here (default: the usable cores; --quick: 1)")
+    s.add_argument("--report", action="store_true",
+                   help="train nothing: write the report of what the study holds now (--out or --storage)")
+    s.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                   help="a running trial's heartbeat; one silent for 6 heartbeats is retried (default 10)")
 
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help=f"output folder (default: a new ./{RESULTS_PREFIX}DATE-TIME; an "
-                   "unfinished one with the same options is resumed)")
+                   "unfinished one with the same options is continued)")
     o.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: these small matrices run fastest single-threaded)")
+                   help="torch threads per worker (default 1: these small matrices run fastest single-threaded)")
     o.add_argument("--no-progress", action="store_true",
-                   help="no progress output (by default: bars on a terminal, else one line per finished run)")
+                   help="no progress output (by default: bars on a terminal, else one line per finished trial)")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(run=run)
 
@@ -128,14 +162,17 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     # --quick: one process (starting workers costs more than its few runs); else None = the usable cores
     opts["jobs"] = args.jobs if args.jobs is not None else (1 if args.quick else None)
     checks = [
-        ("--seeds", opts["seeds"], 1), ("--epochs", opts["epochs"], 1), ("--patience", opts["patience"], 1),
-        ("--jobs", opts["jobs"] if opts["jobs"] is not None else 1, 1),
-        ("--mc-samples", opts["mc_samples"], 1), ("--hidden", opts["hidden"], 1),
-        ("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
+        ("--seeds", opts["seeds"], 1, MAX_SEEDS), ("--search-seeds", opts["search_seeds"], 1, MAX_SEEDS),
+        ("--epochs", opts["epochs"], 1, MAX_EPOCHS), ("--patience", opts["patience"], 1, None),
+        ("--jobs", opts["jobs"] if opts["jobs"] is not None else 1, 1, 512),
+        ("--mc-samples", opts["mc_samples"], 1, 10_000), ("--hidden", opts["hidden"], 1, 100_000),
+        ("--batch-size", args.batch_size, 1, None), ("--threads", args.threads, 1, 1024),
     ]
-    for flag, value, low in checks:
+    for flag, value, low, high in checks:
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise UsageError(f"{flag} must be <= {high:,}, got {value:,}")
     for flag, value in (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction)):
         if not 0.0 < value < 1.0:
             raise UsageError(f"{flag} must be in (0, 1), got {value}")
@@ -143,26 +180,36 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--lr must be > 0, got {opts['lr']}")
     if not opts["clip_norm"] >= 0:
         raise UsageError(f"--clip-norm must be >= 0, got {opts['clip_norm']}")
+    if not args.heartbeat > 0:
+        raise UsageError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
     for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
         if value is not None and value < 2:
             raise UsageError(f"{flag} must be >= 2, got {value}")
     return opts
 
 
-def _strategies(args: argparse.Namespace) -> tuple[list[Any], list[tuple[str, str]], dict[str, float]]:
-    """(available strategies, [(name, reason)] unavailable, rate per available strategy)."""
-    from .strategies import BY_NAME, STRATEGIES
+def _strategies(
+    args: argparse.Namespace,
+) -> tuple[list[Any], list[tuple[str, str]], dict[str, float], tuple[float, ...]]:
+    """(available strategies, [(name, reason)] unavailable, fixed rates, search grid)."""
+    from ..study.strategies import BY_NAME, STRATEGIES
 
-    if args.strategies:
+    if args.strategies is not None:
         names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"--strategies is empty ({args.strategies!r}); name one or more of {list(BY_NAME)}, "
+                             "or leave the option out for all")
         unknown = [n for n in names if n not in BY_NAME]
         if unknown:
             raise UsageError(f"--strategies: unknown {unknown}; choose from {list(BY_NAME)}")
         chosen = [BY_NAME[n] for n in dict.fromkeys(names)]
     else:
-        chosen = list(STRATEGIES)
-    _check_rate("--rate", args.rate)
-    rates = {s.name: args.rate for s in chosen}
+        chosen = [s for s in STRATEGIES if s.name not in SAME_AS_NOISE_SHAPE]
+    fixed: dict[str, float] = {}
+    rate = 0.25 if args.quick and args.rate is None and args.rates is None else args.rate
+    if rate is not None:
+        _check_rate("--rate", rate)
+        fixed = {s.name: rate for s in chosen if s.name != "none"}
     if args.rates:
         for item in args.rates.split(","):
             name, sep, value = item.partition("=")
@@ -170,13 +217,20 @@ def _strategies(args: argparse.Namespace) -> tuple[list[Any], list[tuple[str, st
             if not sep or name not in BY_NAME:
                 raise UsageError(f"--rates: expected NAME=P with NAME in {list(BY_NAME)}, got {item!r}")
             try:
-                rate = float(value)
+                value_f = float(value)
             except ValueError:
                 raise UsageError(f"--rates: {name}'s rate {value!r} is not a number") from None
-            _check_rate(f"--rates {name}", rate)
-            if name in rates:
-                rates[name] = rate
-    rates["none"] = 0.0
+            _check_rate(f"--rates {name}", value_f)
+            if any(s.name == name for s in chosen) and name != "none":
+                fixed[name] = value_f
+    try:
+        grid = tuple(float(x) for x in args.search_rates.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--search-rates: expected rates like 0.1,0.2,0.3,0.5, got {args.search_rates!r}") from None
+    if not grid:
+        raise UsageError("--search-rates is empty; give rates like 0.1,0.2,0.3,0.5")
+    for r in grid:
+        _check_rate("--search-rates", r)
     available, unavailable = [], []
     for s in chosen:
         reason = s.availability(args.cell)
@@ -184,7 +238,7 @@ def _strategies(args: argparse.Namespace) -> tuple[list[Any], list[tuple[str, st
             available.append(s)
         else:
             unavailable.append((s.name, reason))
-    return available, unavailable, {s.name: rates[s.name] for s in available}
+    return available, unavailable, {k: v for k, v in fixed.items() if any(s.name == k for s in available)}, grid
 
 
 def _check_rate(flag: str, value: float) -> None:
@@ -259,28 +313,13 @@ def _fingerprint(task: Task) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- folder
-def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def _pick_out_dir(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Path, bool]:
-    """(folder, resumed?) — ``--out``, else the newest unfinished matching folder here, else a new one."""
+    """(folder, continued?) — ``--out``, else the newest unfinished matching folder here, else a new one."""
     if args.out:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
-        cfg_file = out / "config.json"
-        if cfg_file.exists():
-            old = json.loads(cfg_file.read_text())
-            diff = _config_differences(old, config)
-            if diff:
-                raise UsageError(
-                    f"--out {out} holds runs of a different configuration ({'; '.join(diff)}); "
-                    "use another --out folder, or the same options to resume"
-                )
-            return out, True
-        return out, False
+        return out, (out / "config.json").exists()
     here = Path.cwd()
     candidates = sorted((d for d in here.glob(RESULTS_PREFIX + "*") if d.is_dir()), reverse=True)
     for d in candidates:
@@ -300,196 +339,284 @@ def _pick_out_dir(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Pat
     return out, False
 
 
-def _run_file(out: Path, strategy: str, rate: float, seed: int) -> Path:
-    return out / "runs" / f"{strategy}-p{rate:g}-seed{seed}.json"
-
-
-def _load_run(path: Path, key: str) -> dict[str, Any] | None:
-    """A finished run's record if ``path`` holds one made with ``key``, else None."""
+def _prepare_out(out: Path, flag: str = "--out") -> None:
+    """Create ``out`` and check that files can be written there: one error line instead of a traceback."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if record.get("run_key") == key else None
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".rnndrop-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"{flag} {out}: cannot write there ({reason}); choose a folder you can write to") from None
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..study.engine import StudyError
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers as Ctrl-C does
     try:
         return _run(args)
-    except (UsageError, DataError) as exc:
+    except (UsageError, DataError, StudyError) as exc:
         print(f"rnndrop compare: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nrnndrop compare: interrupted. Finished runs are saved; run the same command again to resume.",
-              file=sys.stderr)
+        print("\nrnndrop compare: interrupted; finished trials are saved in the study: run the same command again "
+              "to continue.", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _list_strategies() -> int:
-    from .strategies import STRATEGIES
+    from ..study.strategies import STRATEGIES
 
     for s in STRATEGIES:
         where = "" if s.cells == ("lstm", "gru", "rnn") else f" [{'/'.join(s.cells)} only]"
         print(f"{s.name}{where}\n    drops: {s.drops}\n    from:  {s.reference}")
-        for cell in s.cells:
+        for cell in ("lstm", "gru", "rnn"):
             reason = s.availability(cell)
             if reason:
                 print(f"    unavailable ({cell}): {reason}")
     return 0
 
 
+def _imports(plots: bool) -> None:
+    missing = []
+    for name in ("optuna", "scipy", *(("matplotlib",) if plots else ())):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(f"{', '.join(missing)} missing: install the CLI extra, pip install 'rnndrop[cli]'")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.list_strategies:
         return _list_strategies()
-    try:
-        import torch
+    _imports(plots=not args.no_plots)
+    if args.report:
+        return _report_only(args)
+    import torch
 
-        import rnndrop
+    import rnndrop
 
-        if not args.no_plots:
-            from . import plots
-    except ImportError as exc:
-        raise UsageError(f"{exc.name} is missing: install the CLI extra, pip install 'rnndrop[cli]'") from None
-    from . import report
-    from .parallel import available_cores, train_in_parallel
+    from ..study.api import available_cores, run_info
+    from ..study.data import check_split
+    from ..study.engine import (
+        StudyPlan,
+        TrialOutcome,
+        Unit,
+        WorkerSettings,
+        _quiet_optuna,
+        build_for_trial,
+        open_study,
+        run_worker,
+        run_workers,
+        sqlite_url,
+    )
+    from ..study.protocol import EMBED, SequenceExperiment, TrainConfig
+    from ..study.results import collect, write_results
     from .progress import Progress
-    from .runner import TrainConfig, mc_implementation, train_run
-    from .strategies import build_model, mask_panels
 
     opts = _resolve(args)
-    available, unavailable, rates = _strategies(args)
+    available, unavailable, fixed, grid = _strategies(args)
     if not available:
         reasons = "; ".join(f"{n}: {r}" for n, r in unavailable)
         raise UsageError(f"none of the chosen strategies is available: {reasons}")
     torch.set_num_threads(args.threads)
     task = _load_task(args)
+    check_split(task, args.val_fraction, where=f"{task.name}")
+    lm = task.kind == "language_model"
     cfg = TrainConfig(
         cell=args.cell, hidden_size=opts["hidden"], epochs=opts["epochs"], patience=opts["patience"],
         batch_size=args.batch_size, lr=opts["lr"], clip_norm=opts["clip_norm"], val_fraction=args.val_fraction,
         mc_samples=opts["mc_samples"], standardize=not args.no_standardize, init=opts["init"],
         schedule=opts["schedule"], refit=opts["refit"],
     )
-    seeds = list(range(opts["seeds"]))
-    config = {
-        "data": task.name, "data_fingerprint": _fingerprint(task), **cfg.to_dict(),
-        "rnndrop_version": rnndrop.__version__,
-    }
-    out, resumed = _pick_out_dir(args, config)
-    # Strategies, rates and seeds may change between invocations (each run file names its own);
-    # everything in `config` must match.
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    report.write_json(out / "config.json", config)
+    experiment = SequenceExperiment(task, cfg)
+    if cfg.standardize and not lm:  # refuse data that cannot be standardized before any trial starts
+        from ..study.data import channel_stats
 
-    lm = task.kind == "language_model"
+        channel_stats(task.train, where=f"{task.name} (training data)")
+    plan = StudyPlan(strategies=tuple(s.name for s in available), rates=grid, fixed_rates=fixed,
+                     search_seeds=tuple(range(opts["search_seeds"])), seeds=tuple(range(opts["seeds"])),
+                     direction="minimize")
+    config = {
+        "data": task.name, "data_fingerprint": _fingerprint(task), "kind": task.kind, "channels": task.channels,
+        "classes": task.num_classes, "class_names": list(task.class_names)[:1000], **cfg.to_dict(),
+        "validation_score": "lowest validation NLL", "rnndrop_version": rnndrop.__version__,
+    }
+    folder_key = {**config, **plan.identity(), "storage": args.storage, "study": args.study}
+    out, resumed = _pick_out_dir(args, folder_key)
+    _prepare_out(out)
+    from ..study.report import write_json
+
+    write_json(out / "config.json", folder_key)
+    storage = args.storage or sqlite_url(out / "study.db")
+    _quiet_optuna()
+    handle = open_study(storage, args.study, plan, config)
+    plan = handle.plan
+
     print(task.describe())
     model_text = (f"character embedding {EMBED} -> {args.cell.upper()} {cfg.hidden_size} units -> linear head per step"
                   if lm else f"{args.cell.upper()} {cfg.hidden_size} units + linear head on the last step")
     val_text = "the text's own validation part" if task.val is not None else (
         f"{cfg.val_fraction:.0%} stratified validation split")
     print(
-        f"Protocol: {model_text}; {len(seeds)} seed(s); "
-        f"{cfg.init} init; {cfg.epochs} epochs max (patience {cfg.patience}), batch {cfg.batch_size}, Adam lr {cfg.lr}"
-        f"{' cosine-annealed' if cfg.schedule == 'cosine' else ''}"
+        f"Protocol: {model_text}; {cfg.init} init; {cfg.epochs} epochs max (patience {cfg.patience}), batch "
+        f"{cfg.batch_size}, Adam lr {cfg.lr}{' cosine-annealed' if cfg.schedule == 'cosine' else ''}"
         f"{f', clip {cfg.clip_norm:g}' if cfg.clip_norm else ''}; {val_text} for model selection"
-        f"{'; refit on all training data for the selected epochs' if cfg.refit else ''}; test used once per run; "
-        f"MC dropout {cfg.mc_samples} passes ({mc_implementation()})."
+        f"{'; refit on all training data for the selected epochs' if cfg.refit else ''}; test used once per "
+        f"final trial; MC dropout {cfg.mc_samples} passes."
     )
-    rate_text = ", ".join(sorted({f"{v:g}" for k, v in rates.items() if k != "none"}))
-    print(f"Strategies: {len(available)} available (rate {rate_text}), {len(unavailable)} unavailable.")
-    print(f"Output: {out}" + (" (resuming)" if resumed else ""))
+    units = plan.units()
+    searched = plan.tuned
+    if searched:
+        print(f"Rate search: {', '.join(searched)} at {', '.join(f'{r:g}' for r in plan.rates)} on seed(s) "
+              f"{', '.join(map(str, plan.search_seeds))}, scored by validation NLL"
+              f"{'' if args.no_pruning else ', hopeless trials pruned'}.")
+    fixed_text = ", ".join(f"{k} {v:g}" for k, v in plan.fixed_rates.items())
+    print(f"Final comparison: {len(plan.strategies)} strategies on {len(plan.seeds)} seed(s) at their "
+          f"{'tuned ' if searched else ''}rates{f' (fixed: {fixed_text})' if fixed_text else ''}; "
+          f"{len(unavailable)} unavailable. {len(units)} trials in all.")
+    if args.strategies is None:
+        print(f"Not run: {', '.join(SAME_AS_NOISE_SHAPE)} — on this one-layer model they draw noise_shape's input "
+              "mask law (spatial from the same stream, so bit for bit); --strategies runs them.")
+    print(f"Output: {out}" + (" (continuing)" if resumed else "") + f"; study {args.study!r} in "
+          f"{'study.db' if not args.storage else handle_text(args.storage)}")
 
-    keys = {
-        s.name: hashlib.sha256(json.dumps({**config, "strategy": s.name, "rate": rates[s.name]},
-                                          sort_keys=True).encode()).hexdigest()[:16]
-        for s in available
-    }
-    jobs = [(seed, s) for seed in seeds for s in available]  # seed-major: paired results come early
-    done = {(seed, s.name): _load_run(_run_file(out, s.name, rates[s.name], seed), keys[s.name]) for seed, s in jobs}
-    todo = [(seed, s) for seed, s in jobs if done[(seed, s.name)] is None]
-    if len(todo) < len(jobs):
-        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished in {out}; skipping them.")
-
+    done_before = len(units) - len(collect_missing(handle))
+    if done_before:
+        print(f"{done_before} of {len(units)} trials already finished in the study; continuing with the rest.")
     metric, metric_label = ("bits_per_char", "test bits/char") if lm else ("accuracy", "test accuracy")
-    start = time.perf_counter()
-    progress = Progress(len(jobs), len(jobs) - len(todo), enabled=not args.no_progress)
-    workers = min(opts["jobs"] or available_cores(), max(1, len(todo)))
-    try:
-        if workers > 1:
-            def finished(seed: int, name: str, record: dict[str, Any]) -> None:
-                record["run_key"] = keys[name]
-                report.write_json(_run_file(out, name, rates[name], seed), record)
-                done[(seed, name)] = record
-                progress.finish_run(name, seed, metric_label, record["test"][metric],
-                                    record["train_seconds"] + record["eval_seconds"])
+    jobs = min(opts["jobs"] or available_cores(), max(1, len(units) - done_before))
+    progress = Progress(len(units), done_before, enabled=not args.no_progress)
+    settings = WorkerSettings(heartbeat_interval=args.heartbeat, grace_period=6 * args.heartbeat,
+                              report_every=max(1, cfg.epochs // 12), pruning=not args.no_pruning,
+                              total_steps=cfg.epochs, prune_min_delta=PRUNE_MIN_DELTA)
 
-            train_in_parallel(task, [(seed, s.name, rates[s.name]) for seed, s in todo], cfg, workers, finished,
-                              threads=args.threads)
-        for seed, s in todo if workers == 1 else []:
-            on_epoch = progress.start_run(s.name, seed, cfg.epochs)
-            record = train_run(task, s, rates[s.name], seed, cfg, on_epoch)
-            record["run_key"] = keys[s.name]
-            report.write_json(_run_file(out, s.name, rates[s.name], seed), record)
-            done[(seed, s.name)] = record
-            progress.finish_run(s.name, seed, metric_label, record["test"][metric],
-                                record["train_seconds"] + record["eval_seconds"])
+    def describe(unit: Unit, rate: float) -> str:
+        return f"{unit.phase} {unit.strategy} rate {rate:g} seed {unit.seed}"
+
+    def on_start(unit: Unit, rate: float) -> None:
+        experiment.on_epoch = progress.start_run(describe(unit, rate), cfg.epochs)
+
+    def on_trial(o: TrialOutcome) -> None:
+        if o.state == "PRUNED":
+            result = f"pruned (validation NLL {o.value:.4f})" if o.value is not None else "pruned"
+        elif o.test is not None:
+            result = f"{metric_label} {o.test.get(metric, float('nan')):.4g}"
+        elif o.state == "COMPLETE" and o.value is not None:
+            result = f"validation NLL {o.value:.4f}"
+        else:
+            result = o.state.lower()
+        progress.finish_run(describe(o.unit, o.rate), result, o.seconds)
+
+    start = time.perf_counter()
+    try:
+        if jobs > 1:
+            run_workers(storage, args.study, experiment, settings, jobs, threads=args.threads, on_trial=on_trial)
+        else:
+            run_worker(handle, experiment, settings, on_trial=on_trial, on_start=on_start)
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
-
-    runs = [done[(seed, s.name)] for seed, s in jobs]
-    order = [s.name for s in available]
-    rows = report.summarize(runs, order)
-    comps = report.comparisons(runs, metric=metric)
-    if lm:
-        advice = report.recommendation(runs, rows, metric=metric, higher_is_better=False, label="test bits/char")
-    else:
-        advice = report.recommendation(runs, rows)
-    files = ["results.json", "results.csv"]
-    if not args.no_plots:
-        steps = int(min(task.train.lengths.max(), 40))  # enough steps to show the pattern
-        panels = []
-        for k, s in enumerate(available):
-            model, _ = build_model(s, rates[s.name], cfg.cell, task.channels, cfg.hidden_size, task.num_classes,
-                                   language_model=lm)
-            panels.append((s.name, mask_panels(model, steps, seed=k)))
-        plots.validation_curves(runs, order, out / "validation_curves.png")
-        if lm:
-            plots.accuracy_bars(rows, out / "accuracy.png", metric="bits_per_char", label="test bits per character")
-        else:
-            plots.accuracy_bars(rows, out / "accuracy.png")
-        plots.mask_patterns(panels, out / "masks.png")
-        files += ["validation_curves.png", "accuracy.png", "masks.png"]
-    strategy_info = [
-        {"name": s.name, "drops": s.drops, "reference": s.reference, "rate": rates[s.name],
-         "implementation": done[(seeds[0], s.name)]["implementation"], "available": True}
-        for s in available
-    ] + [{"name": n, "available": False, "reason": r} for n, r in unavailable]
-    report.write_json(out / "results.json", {
-        "argv": sys.argv[1:],
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processes": workers,
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    # other processes compete for the cores when this exceeds cpu_count: times inflate
-                    "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-        "dataset": {"name": task.name, "description": task.describe(), "source": task.source,
-                    "classes": list(task.class_names), "train": len(task.train), "test": len(task.test)},
-        "protocol": {**cfg.to_dict(), "seeds": seeds, "rates": rates, "selection": "lowest validation NLL",
-                     "mc_implementation": mc_implementation()},
-        "strategies": strategy_info,
-        "summary": rows,
-        "comparisons_vs_none": {"metric": metric, "baseline": "none", "confidence": 0.95,
-                                "correction": "Bonferroni", "paired_by": "seed", "results": comps},
-        "recommendation": advice,
-        "seconds_this_invocation": elapsed,
-        "runs": runs,
-    })
-    report.write_csv(out / "results.csv", rows, unavailable)
-
-    print()
-    print(report.table(rows, unavailable))
-    print()
-    print("Recommendation: " + advice)
-    print(f"\n{len(todo)} run(s) trained in {elapsed:.0f} s; written to {out}: {', '.join(files)}")
+    trained = len(units) - done_before
+    results = collect(handle, metric=metric, higher_is_better=not lm, label=metric_label)
+    extra = {"argv": sys.argv[1:], **run_info(storage, args.study),
+             "dataset": {"name": task.name, "description": task.describe(), "source": task.source,
+                         "classes": list(task.class_names), "train": len(task.train), "test": len(task.test)},
+             "strategies": [{"name": s.name, "drops": s.drops, "reference": s.reference, "available": True}
+                            for s in available]
+             + [{"name": n, "available": False, "reason": r} for n, r in unavailable],
+             "processes": jobs, "seconds_this_invocation": elapsed}
+    files = write_results(results, out, extra=extra, plots=not args.no_plots, unavailable=unavailable,
+                          validation_label="validation NLL",
+                          build_model=lambda name, rate: build_for_trial(experiment, name, rate, 0),
+                          mask_steps=int(min(task.train.lengths.max(), 40)))
+    _print_results(results, unavailable)
+    print(f"\n{trained} trial(s) run in {elapsed:.0f} s; written to {out}: {', '.join(files)}")
     return 0
+
+
+def handle_text(storage: str) -> str:
+    from ..study.engine import _redact
+
+    return _redact(storage)
+
+
+def collect_missing(handle: Any) -> list[str]:
+    finished = {k for k, ts in handle.by_unit(("COMPLETE", "PRUNED")).items() if ts}
+    return [u.key for u in handle.plan.units() if u.key not in finished]
+
+
+def _print_results(results: Any, unavailable: list[tuple[str, str]]) -> None:
+    from ..study.report import search_table
+
+    if any(info["grid"] for info in results.search.values()):
+        print("\nRate search (validation NLL, lower is better; * = tuned rate):")
+        print(search_table(results.search, "validation NLL"))
+    print()
+    print(results.table(unavailable))
+    if results.missing:
+        print(f"\n{len(results.missing)} trial(s) of the plan are not finished yet (first: {results.missing[0]}).")
+    print()
+    print("Recommendation: " + results.recommendation)
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    from ..study.engine import _quiet_optuna, open_study, sqlite_url
+    from ..study.results import collect, write_results
+
+    if args.storage:
+        storage = args.storage
+    elif args.out and (Path(args.out) / "study.db").exists():
+        storage = sqlite_url(Path(args.out) / "study.db")
+    else:
+        raise UsageError("--report needs the study: --out DIR (holding study.db) or --storage URL [--study NAME]")
+    _quiet_optuna()
+    handle = open_study(storage, args.study, None, None)
+    lm = handle.config.get("kind") == "language_model"
+    metric, label = ("bits_per_char", "test bits/char") if lm else ("accuracy", "test accuracy")
+    results = collect(handle, metric=metric, higher_is_better=not lm, label=label)
+    out = Path(args.out) if args.out else Path.cwd() / f"{RESULTS_PREFIX}report-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    _prepare_out(out)
+    build = None
+    if handle.config.get("cell"):
+        from ..study.engine import build_for_trial
+        from ..study.protocol import (
+            EMBED,  # noqa: F401  (the models' embedding width)
+            SequenceExperiment,
+            TrainConfig,
+        )
+
+        cfg_keys = TrainConfig.__dataclass_fields__
+        cfg = TrainConfig(**{k: v for k, v in handle.config.items() if k in cfg_keys})
+        shell = _ShapeOnlyTask(handle.config)
+        experiment = SequenceExperiment(shell, cfg)  # type: ignore[arg-type]
+        build = lambda name, rate: build_for_trial(experiment, name, rate, 0)  # noqa: E731
+    files = write_results(results, out, plots=not args.no_plots, build_model=build, validation_label="validation NLL",
+                          extra={"study": {"name": args.study}})
+    _print_results(results, [])
+    print(f"\nReport of study {args.study!r} ({sum(results.counts.values())} trials: "
+          f"{', '.join(f'{v} {k.lower()}' for k, v in sorted(results.counts.items()))}) written to {out}: "
+          f"{', '.join(files)}")
+    return 0
+
+
+class _ShapeOnlyTask:
+    """What the base model needs of a task (its sizes), for drawing masks in a report without the data."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.kind = config.get("kind", "classification")
+        self.channels = int(config.get("channels", 1))
+        self.num_classes = int(config.get("classes", 2))

@@ -2,19 +2,18 @@
 
 Where things live:
 
-* :mod:`rnndrop.cli.sequences`: :class:`Task`, :class:`SequenceData`, :class:`DataError` and the steps
+* :mod:`rnndrop.study.data`: :class:`Task`, :class:`SequenceData`, :class:`DataError` and the steps
   every loader shares (padding, stratified splits, label encoding, standardization);
 * :mod:`rnndrop.cli.builtin_datasets`: the bundled JapaneseVowels set, Fashion-MNIST from idx files;
 * :mod:`rnndrop.cli.user_files`: ``--data`` (``.npz``, long-format ``.csv``, formats in its docstring)
-  and ``--text``; :mod:`rnndrop.cli.csv_columns` reads the CSV columns with numpy.
+  and ``--text``; :mod:`rnndrop.cli.csv_table` reads CSV files with pyarrow.
 
 Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
-from .builtin_datasets import BUNDLED, FASHION_CLASSES, bundled_path, load_fashion_mnist, load_japanese_vowels, read_idx
-from .sequences import (
+from ..study.data import (
     DataError,
     SequenceData,
     Task,
@@ -26,6 +25,7 @@ from .sequences import (
     standardize,
     stratified_split,
 )
+from .builtin_datasets import BUNDLED, FASHION_CLASSES, bundled_path, load_fashion_mnist, load_japanese_vowels, read_idx
 from .user_files import UNKNOWN, load_csv, load_npz, load_text, load_user_data, text_task
 
 # The shared steps' names before the split into modules.

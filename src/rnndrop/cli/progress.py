@@ -1,9 +1,9 @@
-"""Progress of ``rnndrop compare``: bars on a terminal, one plain line per finished run elsewhere.
+"""Progress of ``rnndrop compare``: bars on a terminal, one plain line per finished trial elsewhere.
 
 Bars (tqdm, on stderr) redraw themselves with carriage returns and cursor-movement escapes, which
 fill a log file with thousands of lines when the output is redirected (CI, nohup, a notebook's
-log). So they are drawn only when stderr is a terminal; otherwise each finished run prints one
-readable line to stdout, e.g. ``run 3/26 done: keras_both seed 0, test accuracy 0.962, 12.4 s``.
+log). So they are drawn only when stderr is a terminal; otherwise each finished trial prints one
+readable line to stdout, e.g. ``trial 3/26 done: final keras_both rate 0.3 seed 0, test accuracy 0.962, 12.4 s``.
 ``--no-progress`` turns both off. Without tqdm (the ``cli`` extra) a terminal gets the lines too.
 """
 
@@ -39,15 +39,16 @@ class Progress:
                 self.mode = "lines"
                 return
             self._tqdm = tqdm
-            self._overall = tqdm(total=total, initial=done, desc="all runs", unit="run", position=0, file=err)
+            self._overall = tqdm(total=total, initial=done, desc="all trials", unit="trial", position=0, file=err)
             self._err = err
 
-    def start_run(self, strategy: str, seed: int, epochs: int) -> Callable[[int, dict[str, float]], None]:
-        """Begin a run; returns the ``on_epoch(epoch, stats)`` callback for the trainer."""
+    def start_run(self, what: str, epochs: int) -> Callable[[int, dict[str, float]], None]:
+        """Begin a trial described by ``what``; returns the ``on_epoch(epoch, stats)`` callback for the trainer."""
         if self.mode != "bars":
             return lambda epoch, stats: None
-        bar = self._tqdm(total=epochs, desc=f"{strategy} seed {seed}", unit="ep", leave=False, position=1,
-                         file=self._err)
+        if self._bar is not None:
+            self._bar.close()
+        bar = self._tqdm(total=epochs, desc=what, unit="ep", leave=False, position=1, file=self._err)
         self._bar = bar
 
         def on_epoch(epoch: int, stats: dict[str, float]) -> None:
@@ -56,7 +57,8 @@ class Progress:
 
         return on_epoch
 
-    def finish_run(self, strategy: str, seed: int, metric: str, value: float, seconds: float) -> None:
+    def finish_run(self, what: str, result: str, seconds: float) -> None:
+        """A trial described by ``what`` finished with ``result`` (e.g. ``"test accuracy 0.962"``)."""
         self.done += 1
         if self.mode == "bars":
             if self._bar is not None:
@@ -64,8 +66,7 @@ class Progress:
                 self._bar = None
             self._overall.update(1)
         elif self.mode == "lines":
-            print(f"run {self.done}/{self.total} done: {strategy} seed {seed}, {metric} {value:.4g}, {seconds:.1f} s",
-                  file=self.out, flush=True)
+            print(f"trial {self.done}/{self.total} done: {what}, {result}, {seconds:.1f} s", file=self.out, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -11,22 +11,20 @@ Accepted user files (``--data PATH``):
   label column (constant within a sequence). An optional ``split`` column with values ``train`` /
   ``test`` chooses the test set; otherwise it is split off as for ``.npz``.
 
-Malformed files raise :class:`~rnndrop.cli.sequences.DataError` naming the file, line, key or column
-and what was expected. CSV files are read with numpy (:mod:`rnndrop.cli.csv_columns`), in chunks:
-a 500k-row, 42 MB file took 0.8-0.9 s of CPU time and 1.7 times its size in memory on a shared 2-core
-machine (the row-by-row reader before: 5.2 s and 9.5 times), with identical results.
+Malformed files raise :class:`~rnndrop.study.data.DataError` naming the file, line, key or column
+and what was expected. CSV files are read by pyarrow's CSV reader (:mod:`rnndrop.cli.csv_table`; figures
+in ``benchmarks/bench_csv.py`` and docs/compare.md).
 """
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from . import csv_columns
-from .sequences import DataError, SequenceData, Task, make_task, pad
+from ..study.data import DataError, SequenceData, Task, make_task, pad
+from .csv_table import CsvColumns, read_long_csv
 
 
 def _npz_sequences(
@@ -132,177 +130,74 @@ def load_csv(
 ) -> Task:
     """Load a long-format ``.csv`` (format: module docstring); feature columns are all the others."""
     path = Path(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read as UTF-8 text ({exc})") from None
-    with handle:
-        try:
-            header, pending = csv_columns.read_header(handle)
-        except csv_columns.CsvError as exc:
-            raise DataError(f"{path}: {exc}") from None
-        return _load_csv_body(path, handle, header, pending, id_column, time_column, label_column, split_column,
-                              test_fraction, split_seed)
+    table = read_long_csv(path, id_column, time_column, label_column, split_column)
+    return _csv_task(table, path, split_column, test_fraction, split_seed)
 
 
-def _load_csv_body(path: Path, handle: BinaryIO, header: list[str], pending: bytes, id_column: str,
-                   time_column: str, label_column: str, split_column: str, test_fraction: float,
-                   split_seed: int) -> Task:
-    header = [h.strip() for h in header]
-    missing = [c for c in (id_column, time_column, label_column) if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {missing} in the header {header}; expected a sequence-id "
-            f"column {id_column!r}, a time column {time_column!r} and a label column {label_column!r} "
-            "(rename them or pass --id-col / --time-col / --label-col)"
-        )
-    if len(set(header)) != len(header):
-        raise DataError(f"{path}: duplicate column names in the header {header}")
-    special = {id_column, time_column, label_column, split_column}
-    features = [i for i, h in enumerate(header) if h not in special]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides {sorted(special & set(header))}")
-    cols = _CsvColumns(header, header.index(id_column), header.index(time_column), header.index(label_column),
-                       header.index(split_column) if split_column in header else None, features, split_column)
-    try:
-        chunks = csv_columns.read_rows(handle, pending, len(header), cols.text, cols.numbers)
-        parts = [cols.check(rows, path) for rows in chunks]
-    except (csv_columns.CsvError, OSError) as exc:
-        raise DataError(f"{path}: {exc}") from None
-    if not parts or not sum(len(p["lines"]) for p in parts):
-        raise DataError(f"{path}: no data rows after the header")
-    table = {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
-    del parts
-    return _csv_task(table, path, cols, test_fraction, split_seed)
-
-
-class _CsvColumns:
-    """Where the columns of a long-format CSV are, and the per-row checks of one chunk of rows."""
-
-    def __init__(self, header: list[str], i_id: int, i_time: int, i_label: int, i_split: int | None,
-                 features: list[int], split_name: str) -> None:
-        self.header, self.features, self.split_name = header, features, split_name
-        self.i_id, self.i_time, self.i_label, self.i_split = i_id, i_time, i_label, i_split
-        self.text = [i_id, i_label] + ([] if i_split is None else [i_split])
-        self.numbers = [i_time, *features]
-
-    def check(self, rows: csv_columns.Rows, path: Path) -> dict[str, np.ndarray]:
-        """Parse one chunk; raise the first (by line) problem of its rows."""
-        problems: list[tuple[int, int, str]] = []  # (line, order within a line, message)
-        lines = rows.lines
-        if rows.ragged is not None:
-            line, count = rows.ragged
-            problems.append((line, 0, f"ragged row with {count} fields, the header has {len(self.header)}"))
-        m_time = rows.numbers[self.i_time]
-        times, bad = csv_columns.parse_numbers(m_time, rows.widths[self.i_time])
-        if bad is not None:
-            text = csv_columns.field_text(m_time, bad)
-            problems.append((lines[bad], 1, f"time step {text!r} is not a number"))
-        values = np.empty((len(lines), len(self.features)), dtype=np.float32)
-        for k, j in enumerate(self.features):
-            m = rows.numbers[j]
-            parsed, bad = csv_columns.parse_numbers(m, rows.widths[j], single=True)
-            if bad is not None:
-                text = csv_columns.field_text(m, bad)
-                problems.append((lines[bad], 2,
-                                 f"feature column {self.header[j]!r} holds a non-numeric value {text!r}"))
-            finite = np.isfinite(parsed)
-            if bad is not None:
-                finite[bad:] = True  # past the unparsed value the row's numbers are not known
-            if not finite.all():
-                first = int(np.argmin(finite))
-                problems.append((lines[first], 3, f"NaN or infinite value in feature column {self.header[j]!r}"))
-            with np.errstate(over="ignore"):  # beyond float32's range: check_finite names it later
-                values[:, k] = parsed
-        labels = rows.text[self.i_label]
-        empty = labels == b""
-        if empty.any():
-            problems.append((lines[int(np.argmax(empty))], 4, "empty label"))
-        out = {"lines": lines, "ids": rows.text[self.i_id], "times": times,
-               "values": values, "labels": labels}
-        if self.i_split is not None:
-            splits = np.char.lower(rows.text[self.i_split])
-            wrong = (splits != b"train") & (splits != b"test")
-            if wrong.any():
-                first = int(np.argmax(wrong))
-                problems.append((lines[first], 5, f"column {self.split_name!r} must be 'train' or 'test', got "
-                                                  f"{splits[first].decode('utf-8', 'replace')!r}"))
-            out["splits"] = splits
-        if problems:
-            line, _, message = min(problems)
-            raise DataError(f"{path}:{line}: {message}")
-        return out
-
-
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(codes, uniques, first_row)`` with codes numbered in order of first appearance."""
-    uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank[inverse.reshape(-1)], uniques[order], first[order]
-
-
-def _csv_task(table: dict[str, np.ndarray], path: Path, cols: _CsvColumns, test_fraction: float,
-              split_seed: int) -> Task:
+def _csv_task(table: CsvColumns, path: Path, split_name: str, test_fraction: float, split_seed: int) -> Task:
     """Cross-row checks (labels, splits, repeated steps), then sequences ordered by time step."""
-    # Entries are popped from `table` once used: memory stays near the columns' own size.
-    lines = table.pop("lines")
-    seq, ids, first_row = _factorize(table.pop("ids"))
-    names = [s.decode("utf-8") for s in ids]
-    label_code, label_names, _ = _factorize(table.pop("labels"))
+    lines = table.lines
+    seq, names, first_row = table.ids.codes, table.ids.names, table.ids.first_row
+    label_code, label_names = table.labels.codes, table.labels.names
     seq_label = label_code[first_row]
     mixed = np.flatnonzero(label_code != seq_label[seq])
     if len(mixed):
         r = int(mixed[0])
-        first, second = (label_names[c].decode("utf-8") for c in (seq_label[seq[r]], label_code[r]))
+        first, second = label_names[seq_label[seq[r]]], label_names[label_code[r]]
         raise DataError(f"{path}:{lines[r]}: sequence {names[seq[r]]!r} has two labels ({first!r} and {second!r}); "
                         "the label must be constant within a sequence")
-    if cols.i_split is not None:
-        split_code = (table.pop("splits") == b"test").astype(np.int8)
-        seq_split = split_code[first_row]
-        both = np.flatnonzero(split_code != seq_split[seq])
+    seq_split = None
+    if table.splits is not None:
+        seq_split = table.splits[first_row]
+        both = np.flatnonzero(table.splits != seq_split[seq])
         if len(both):
             r = int(both[0])
             raise DataError(f"{path}:{lines[r]}: sequence {names[seq[r]]!r} lies in both train and test")
-    times = table.pop("times")
+    times = table.times
     order = np.lexsort((times, seq))  # by sequence, then time step (stable for equal steps)
     seq_sorted, times_sorted = seq[order], times[order]
-    del times
     repeated = np.flatnonzero((seq_sorted[1:] == seq_sorted[:-1]) & (times_sorted[1:] == times_sorted[:-1]))
     if len(repeated):
         raise DataError(f"{path}: sequence {names[seq_sorted[repeated[0]]]!r} repeats a time step")
+    del times_sorted
     lengths = np.bincount(seq, minlength=len(names)).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    step = np.arange(len(order)) - starts[seq_sorted]
-    values = table.pop("values")[order]
-    labels = np.array([s.decode("utf-8") for s in label_names])[seq_label]
+    step = np.empty(len(order), dtype=np.int64)
+    step[order] = np.arange(len(order)) - starts[seq_sorted]  # each row's step within its sequence
+    del order, seq_sorted
+    labels = np.array(label_names)[seq_label]
 
     every = np.arange(len(names))
-    if cols.i_split is None:
-        train, test = _padded(every, seq_sorted, step, values, lengths, labels), None
+    if seq_split is None:
+        train, test = _padded(every, seq, step, table.values, lengths, labels), None
     else:
         in_train, in_test = every[seq_split == 0], every[seq_split == 1]
         if not len(in_train) or not len(in_test):
-            raise DataError(f"{path}: column {cols.split_name!r} must name at least one train and one test sequence")
-        train = _padded(in_train, seq_sorted, step, values, lengths, labels)
-        test = _padded(in_test, seq_sorted, step, values, lengths, labels)
-    del values, order, seq, seq_sorted, step
+            raise DataError(f"{path}: column {split_name!r} must name at least one train and one test sequence")
+        train = _padded(in_train, seq, step, table.values, lengths, labels)
+        test = _padded(in_test, seq, step, table.values, lengths, labels)
+    table.values.clear()
     return make_task(path.name, str(path), train, test, test_fraction, split_seed)
 
 
-def _padded(keep: np.ndarray, seq: np.ndarray, step: np.ndarray, values: np.ndarray, lengths: np.ndarray,
+def _padded(keep: np.ndarray, seq: np.ndarray, step: np.ndarray, values: list[np.ndarray], lengths: np.ndarray,
             labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sequences ``keep`` (codes, in this order) as ``(x, lengths, labels)``; row ``i`` of ``values``
-    is step ``step[i]`` of sequence ``seq[i]``."""
+    """Sequences ``keep`` (codes, in this order) as ``(x, lengths, labels)``; row ``i`` of the concatenated
+    ``values`` blocks is step ``step[i]`` of sequence ``seq[i]`` (rows in any order)."""
     slot = np.full(len(lengths), -1, dtype=np.int64)
     slot[keep] = np.arange(len(keep))
-    where = slot[seq]
-    rows = where >= 0
     t = int(lengths[keep].max())
-    x = np.zeros((len(keep) * t, values.shape[1]), dtype=np.float32)
-    x[where[rows] * t + step[rows]] = values if rows.all() else values[rows]
-    return x.reshape(len(keep), t, values.shape[1]), lengths[keep], labels[keep]
+    width = values[0].shape[1]
+    x = np.zeros((len(keep) * t, width), dtype=np.float32)
+    start = 0
+    for block in values:
+        stop = start + len(block)
+        where = slot[seq[start:stop]]
+        rows = where >= 0
+        x[where[rows] * t + step[start:stop][rows]] = block if rows.all() else block[rows]
+        start = stop
+    return x.reshape(len(keep), t, width), lengths[keep], labels[keep]
+
 
 def load_user_data(
     path: str | Path,

@@ -1,9 +1,10 @@
-"""Metrics and interval statistics for ``rnndrop compare`` (numpy only).
+"""Metrics and interval statistics of a study.
 
 * :func:`accuracy`, :func:`nll` (mean negative log-likelihood in nats) and :func:`ece` (expected
   calibration error, Guo et al. 2017: equal-width confidence bins) of predicted class probabilities.
-* :func:`t_quantile` and :func:`paired_interval`: Student-t intervals for the mean of paired differences
-  between two strategies over seeds, with a Bonferroni option for comparing many strategies at once.
+* :func:`paired_interval` and :func:`mean_interval`: Student-t intervals (``scipy.stats.t``) for the mean
+  of paired differences between two strategies over seeds, with Bonferroni's correction for comparing
+  many strategies at once, and for a mean over seeds.
 """
 
 from __future__ import annotations
@@ -57,61 +58,15 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- intervals
-def _t_cdf(t: float, df: int) -> float:
-    """CDF of Student's t via the regularized incomplete beta function (continued fraction)."""
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)
-    return 1.0 - tail if t > 0 else tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta ``I_x(a, b)`` (Lentz's continued fraction, Numerical Recipes form)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; use the symmetry
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * h / a
-
-
 def t_quantile(q: float, df: int) -> float:
-    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF)."""
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``)."""
+    from scipy import stats
+
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q}")
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
-    if q < 0.5:
-        return -t_quantile(1.0 - q, df)
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < q:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(stats.t.ppf(q, df))
 
 
 def paired_interval(
@@ -121,15 +76,32 @@ def paired_interval(
 
     ``comparisons`` > 1 applies Bonferroni's correction (each interval at ``1 - (1 - confidence) /
     comparisons``) so that all of them hold together with probability ``confidence``. Returns ``None``
-    when fewer than two pairs exist (no spread can be estimated).
+    when fewer than two pairs exist (no spread can be estimated) or a value is not finite.
     """
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if diff.ndim != 1:
         raise ValueError("a and b must be one-dimensional and of equal length")
-    n = len(diff)
-    if n < 2:
+    if len(diff) < 2 or not np.isfinite(diff).all():
         return None
-    alpha = (1.0 - confidence) / max(1, comparisons)
-    half = t_quantile(1.0 - alpha / 2.0, n - 1) * diff.std(ddof=1) / math.sqrt(n)
-    mean = float(diff.mean())
-    return mean, mean - half, mean + half
+    return mean_interval(diff, 1.0 - (1.0 - confidence) / max(1, comparisons))
+
+
+def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """Mean of ``values`` and its two-sided Student-t interval ``(mean, low, high)`` (``scipy.stats``);
+    ``None`` with fewer than two values or a value that is not finite."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2 or not np.isfinite(x).all():
+        return None
+    mean = float(x.mean())
+    sem = float(stats.sem(x))
+    if sem == 0.0:
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def finite(x: float | None) -> bool:
+    """True for a finite number (not None, NaN or infinite)."""
+    return x is not None and math.isfinite(x)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rnndrop.cli.metrics import accuracy, ece, nll, paired_interval, t_quantile
+from rnndrop.study.metrics import accuracy, ece, nll, paired_interval, t_quantile
 
 
 def _two_class(conf_label_pairs):

@@ -1,5 +1,5 @@
-"""The data every ``rnndrop compare`` loader returns: :class:`Task` and :class:`SequenceData`, and the
-steps they share (padding, stratified splits, label encoding, standardization).
+"""The data of ``rnndrop compare``'s experiment: :class:`Task` and :class:`SequenceData`, and the steps every
+loader shares (padding, stratified splits, label encoding, standardization).
 
 Every loader returns a :class:`Task`: a training and a test :class:`SequenceData`, each holding
 right-padded sequences ``x`` ``(N, T, C)`` float32, their ``lengths`` ``(N,)`` and integer labels.
@@ -117,21 +117,33 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return kept_idx, held_idx
 
 
-def channel_stats(data: SequenceData) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std ``(C,)`` over the real (unpadded) steps; a constant channel gets std 1."""
+def channel_stats(data: SequenceData, where: str = "the data") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std ``(C,)`` (float64) over the real (unpadded) steps; a constant channel gets std 1.
+
+    Computed in float64, so channels of large but finite float32 values (1e20, 3e37) are standardized
+    exactly; a channel whose statistics still are not finite numbers raises :class:`DataError` naming it.
+    """
     real = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]
-    values = data.x[real]
+    values = data.x[real].astype(np.float64)
+    if len(values) == 0:
+        raise DataError(f"{where} holds no time steps")
     mean = values.mean(axis=0)
     std = values.std(axis=0)
-    std[std < 1e-8] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+    if len(bad):
+        raise DataError(f"{where}: channel(s) {bad.tolist()} cannot be standardized (their mean or standard "
+                        "deviation is not a finite number); rescale those features or pass --no-standardize")
+    std[std <= 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean, std
 
 
 def standardize(data: SequenceData, mean: np.ndarray, std: np.ndarray) -> SequenceData:
-    """``(x - mean) / std`` on the real steps; the padding stays zero."""
+    """``(x - mean) / std`` on the real steps, computed in float64 and stored as float32; the padding stays zero."""
     real = (np.arange(data.x.shape[1])[None, :] < data.lengths[:, None])[..., None]
-    x = np.where(real, (data.x - mean) / std, 0.0).astype(np.float32)
-    return SequenceData(x, data.lengths, data.y)
+    x = np.where(real, (data.x.astype(np.float64) - mean) / std, 0.0)
+    if not np.isfinite(x).all():
+        raise DataError("standardized features are not finite numbers; rescale the data or pass --no-standardize")
+    return SequenceData(x.astype(np.float32), data.lengths, data.y)
 
 
 def encode_labels(
@@ -167,13 +179,15 @@ def encode_labels(
 
 
 def check_finite(x: np.ndarray, lengths: np.ndarray, where: str) -> None:
+    """Refuse NaN and infinite values on the real steps (values beyond float32's range count as infinite)."""
     if np.isfinite(x).all():  # the usual case, without copying the real steps out
         return
     real = np.arange(x.shape[1])[None, :] < lengths[:, None]
     bad = ~np.isfinite(x[real])
     if bad.any():
         seq = int(np.flatnonzero((~np.isfinite(x)).any(axis=(1, 2)) & (lengths > 0))[0])
-        raise DataError(f"{where}: NaN or infinite values in the features (first in sequence {seq})")
+        raise DataError(f"{where}: NaN or infinite values in the features (first in sequence {seq}; float32, the "
+                        "features' type, holds magnitudes up to 3.4e38)")
 
 
 def make_task(
@@ -186,6 +200,10 @@ def make_task(
 ) -> Task:
     """Encode labels, check values, split a test set off when none was given."""
     x, lengths, labels = train
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused just below
+        x = x.astype(np.float32, copy=False)
+        if test is not None:
+            test = (test[0].astype(np.float32, copy=False), test[1], test[2])
     check_finite(x, lengths, f"{source} (training data)")
     if test is not None:
         check_finite(test[0], test[1], f"{source} (test data)")
@@ -206,3 +224,25 @@ def make_task(
     assert y_test is not None
     test_data = SequenceData(test[0].astype(np.float32, copy=False), test[1].astype(np.int64), y_test)
     return Task(name, full, test_data, class_names, source)
+
+
+def check_split(task: Task, val_fraction: float, where: str = "the training data") -> None:
+    """Refuse a task whose training set cannot give a validation part and a training part for every class.
+
+    The protocol splits ``val_fraction`` of each class off the training set per seed; a class needs at least
+    two training sequences for that (one to validate on, one to train on). Raises :class:`DataError` with the
+    counts and the minimum (two per class).
+    """
+    if task.kind == "language_model":
+        return
+    counts = np.bincount(task.train.y, minlength=task.num_classes)
+    if len(task.test) == 0:
+        raise DataError(f"{where}: the test set is empty")
+    if counts.min() < 2:
+        short = [task.class_names[i] for i in np.flatnonzero(counts < 2)]
+        raise DataError(
+            f"{where}: {len(task.train)} training sequences are too few to split off a validation part: class(es) "
+            f"{short[:5]}{' ...' if len(short) > 5 else ''} have fewer than 2 (one to validate on, one to train on); "
+            f"the minimum is 2 per class, {2 * task.num_classes} for {task.num_classes} classes "
+            f"(val fraction {val_fraction:g})"
+        )
