@@ -441,7 +441,9 @@ def render(tasks: list[dict[str, Any]], missing: list[str], figure_name: str | N
         "split, initial weights and batch order. Run with `python docs/scripts/study.py --task all --download`, "
         "then `python docs/scripts/study.py --report` writes this page from the results. Strategies: see "
         "[compare.md](compare.md); `spatial` is not run separately: on one layer it is the same mask law and "
-        "random stream as `noise_shape` (and as `keras_input`), so its runs would be identical.",
+        "random stream as `noise_shape`, so its runs would be identical. These three tasks were run before the "
+        "counter-based mask sampler (2026-12-05), when `keras_input` also drew `noise_shape`'s numbers: that is "
+        "why their contrast below is exactly 0; it would now be seed noise around 0.",
         "",
     ]
     lines += ["## Tasks", "", "| task | seeds | data | command |", "|---|---|---|---|"]

@@ -413,13 +413,21 @@ def mismatches(got: Outcome, want: Outcome, tol: float, key: tuple[str, str] | N
     """Every tensor pair beyond ``tol`` (or missing, or of another shape), described.
 
     With ``truth`` (the float64 answer to a float32 case) a tensor is compared with the truth instead
-    and may be off by ``max(tol, FLOAT32_ACCURACY_FACTOR * error of the reference)``; a tensor whose
-    float32 reference overflowed is left out.
+    and may be off by ``max(tol, FLOAT32_ACCURACY_FACTOR * error of the reference)``, where the error of
+    the reference is its largest over the call's tensors: how much a float32 computation of this
+    configuration loses is a property of the configuration (states growing step after step amplify
+    every rounding, whichever tensor it lands in), and one tensor's reference error can be small by the
+    luck of its rounding (seen: a GRU with linear gates whose states reach 1e12, reference errors from
+    2.8e-7 to 1.3e-5 across its tensors). A tensor whose float32 reference overflowed is left out.
     """
     problems = []
     if len(got.tensors) != len(want.tensors):
         return [f"{len(got.tensors)} tensors vs {len(want.tensors)}"]
     exact_tensors = [t for _, t in truth.tensors] if truth is not None else [None] * len(want.tensors)
+    reference_errors = [scaled_error(r, e) for (_, r), e in zip(want.tensors, exact_tensors)
+                        if r is not None and e is not None and r.numel()]
+    finite_errors = [x for x in reference_errors if x != float("inf")]
+    config_error = max(finite_errors, default=0.0)
     for (name, a), (name_r, r), e in zip(got.tensors, want.tensors, exact_tensors):
         assert name == name_r
         if a is None or r is None:
@@ -440,7 +448,7 @@ def mismatches(got: Outcome, want: Outcome, tol: float, key: tuple[str, str] | N
                 # so there is nothing to compare the kernel with (counted in OVERFLOWED).
                 OVERFLOWED[key or ("", "")] = OVERFLOWED.get(key or ("", ""), 0) + 1
                 continue
-            err, allowed = scaled_error(a, e), max(tol, FLOAT32_ACCURACY_FACTOR * reference_error)
+            err, allowed = scaled_error(a, e), max(tol, FLOAT32_ACCURACY_FACTOR * config_error)
         if key is not None:
             WORST[key] = max(WORST.get(key, 0.0), err / allowed)
         if not err <= allowed:
