@@ -305,6 +305,9 @@ inline void micro_tile(int64_t K, const float* __restrict a, int64_t lda, const 
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(ncols)), lane);
   const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(ncols - 8)), lane);
+  // Unrolled like every loop over acc: a rolled loop indexes acc, which makes GCC keep it in memory and
+  // store every accumulator at every k (measured: the kernel at a third of its speed).
+#pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) {
     _mm256_maskstore_ps(c + r * ldc, m0, acc[r][0]);
     _mm256_maskstore_ps(c + r * ldc + 8, m1, acc[r][1]);
