@@ -478,35 +478,45 @@ inline Tensor pack_panels(const Tensor& mat, bool trans = true, int64_t row0 = 0
   float* o = out.data_ptr<float>();
   const float* m = mat.data_ptr<float>();
   const int64_t sk = mat.stride(0), sn = mat.stride(1);
-  // One row of W: `trans` -> W row n = column n of mat (length K); else W row k = row k of mat (length N).
-  const int64_t rows = trans ? N : K, cols = trans ? K : N;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
-    std::vector<float> mrow(wm.on ? cols : 0);
-    for (int64_t r = r0; r < r1; ++r) {
-      if (wm.on) wm.row(row0 + r, 0, cols, mrow.data());
-      if (trans) {  // W row r -> column r of mat: o[(p*K + k)*kPanel + r % kPanel]
+  if (trans) {
+    // W row n = column n of mat (length K), scattered to o[(p*K + k)*kPanel + n % kPanel]; rows split between
+    // threads, each row's mask drawn once.
+    at::parallel_for(0, N, std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<float> mrow(wm.on ? K : 0);
+      for (int64_t r = r0; r < r1; ++r) {
+        if (wm.on) wm.row(row0 + r, 0, K, mrow.data());
         const int64_t p = r / kPanel, nn = r - p * kPanel;
         const float* src = m + r * sn;
         float* dst = o + p * K * kPanel + nn;
         if (wm.on) {
-          for (int64_t k = 0; k < cols; ++k) dst[k * kPanel] = src[k * sk] * mrow[k];
+          for (int64_t k = 0; k < K; ++k) dst[k * kPanel] = src[k * sk] * mrow[k];
         } else {
-          for (int64_t k = 0; k < cols; ++k) dst[k * kPanel] = src[k * sk];
+          for (int64_t k = 0; k < K; ++k) dst[k * kPanel] = src[k * sk];
         }
-      } else {  // W row r -> row r of mat: contiguous chunks of kPanel columns
-        const float* src = m + r * sk;
-        for (int64_t p = 0; p < panels; ++p) {
-          const int64_t n0 = p * kPanel, n1 = std::min(N, n0 + kPanel);
-          float* dst = o + (p * K + r) * kPanel - n0;
+      }
+    });
+  } else {
+    // W row k = row k of mat: panel after panel, so that the packed panels are written in order (row by
+    // row, a row's chunks would land one panel apart: measured 6x slower for a 2048 x 512 W); panels split
+    // between threads.
+    at::parallel_for(0, panels, std::max<int64_t>(1, 4096 / std::max<int64_t>(K * kPanel, 1)),
+                     [&](int64_t p0, int64_t p1) {
+      float mbuf[kPanel];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * kPanel, w = std::min(N, n0 + kPanel) - n0;
+        for (int64_t k = 0; k < K; ++k) {
+          const float* src = m + k * sk + n0 * sn;
+          float* dst = o + (p * K + k) * kPanel;
           if (wm.on) {
-            for (int64_t n = n0; n < n1; ++n) dst[n] = src[n * sn] * mrow[n];
+            wm.row(row0 + k, n0, w, mbuf);
+            for (int64_t j = 0; j < w; ++j) dst[j] = src[j * sn] * mbuf[j];
           } else {
-            for (int64_t n = n0; n < n1; ++n) dst[n] = src[n * sn];
+            for (int64_t j = 0; j < w; ++j) dst[j] = src[j * sn];
           }
         }
       }
-    }
-  });
+    });
+  }
   return out;
 }
 
