@@ -148,6 +148,9 @@ def _print_three(results: dict[str, dict[str, float]], title: str) -> None:
             print(f"{name + ' ' + kind:<14} {f:9.2f} {ref:13.2f} {nn_:12.2f} {f / ref:10.2f} {f / nn_:9.2f}")
 
 
+TABLES = ("packing", "low_precision_parameters", "hard_sigmoid")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, small config for the dtype tables")
@@ -157,17 +160,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="config of the dtype and activation tables (default main, quick small)")
     parser.add_argument("--pack-config", action="append", choices=sorted(PACK_CONFIGS),
                         help="configs of the packing table (repeatable; default all but tiny)")
+    parser.add_argument("--table", action="append", choices=TABLES,
+                        help="tables to run (repeatable; default all)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "bench_dropin.json")
     args = parser.parse_args(argv)
+    tables = args.table or list(TABLES)
     repeats = args.repeats or (3 if args.quick else 11)
     config = args.config or ("small" if args.quick else "main")
     info = machine()
     print(f"rnndrop drop-in costs; {info}")
-    results = {
-        "packing": packing(repeats, args.warmup, args.pack_config or [k for k in PACK_CONFIGS if k != "tiny"]),
-        "low_precision_parameters": low_precision(repeats, args.warmup, config),
-        "hard_sigmoid": hard_sigmoid(repeats, args.warmup, config),
+    runs = {
+        "packing": lambda: packing(repeats, args.warmup, args.pack_config or [k for k in PACK_CONFIGS if k != "tiny"]),
+        "low_precision_parameters": lambda: low_precision(repeats, args.warmup, config),
+        "hard_sigmoid": lambda: hard_sigmoid(repeats, args.warmup, config),
     }
+    results = {name: runs[name]() for name in tables}
     write_results(args.json, machine=info, configs={"dtype_and_activation": config, "packing": PACK_CONFIGS},
                   repeats=repeats, warmup=args.warmup, results=results)
     return 0

@@ -81,3 +81,36 @@ def test_off_means_the_static_rule(kernel, monkeypatch) -> None:
     layer = rnndrop.GRU(4, 8)
     layer(torch.randn(5, 2, 4))[0].sum().backward()
     assert layer.last_backend == "fused" and "static rule" in layer.last_backend_reason
+
+
+def test_a_remembered_decision_asks_only_its_kernel_and_never_runs_a_call_it_refuses(
+        kernel, measuring, monkeypatch) -> None:
+    from rnndrop._kernels import registry
+
+    costs, _ = measuring
+    costs.update({"torch": 1.0, "fused": 2.0})
+    layer = rnndrop.GRU(4, 8)
+    x = torch.randn(5, 2, 4)
+    layer(x)
+    assert layer.last_backend == "torch"
+    asked: list[str] = []
+    refuse_torch = [False]
+
+    def spied(k):
+        def ineligible(call):
+            asked.append(k.name)
+            if k.name == "torch" and refuse_torch[0]:
+                return "refused by the test"
+            return k.ineligible(call)
+        return registry.Kernel(k.name, ineligible, k.stack_fn, k.yields)
+
+    monkeypatch.setattr(registry, "KERNELS", tuple(spied(k) for k in registry.KERNELS))
+    layer(x)  # the same kind: only the remembered kernel's predicate is asked
+    assert asked == ["torch"] and layer.last_backend == "torch" and "auto measured" in layer.last_backend_reason
+    asked.clear()
+    refuse_torch[0] = True  # now it cannot run the call: the full choice runs, never the refused kernel
+    out = layer(x)[0]
+    assert layer.last_backend == "fused" and "torch" in asked and "fused" in asked
+    reference = rnndrop.GRU(4, 8, backend="reference")
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(out, reference(x)[0])

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -45,6 +46,10 @@ class Decision:
     kernel: str
     times_ms: tuple[tuple[str, float], ...]
     backward: bool
+
+    @cached_property  # asked on every call that reuses the decision: formatted once
+    def reason_text(self) -> str:
+        return self.reason()
 
     def reason(self) -> str:
         timings = ", ".join(f"{name} {ms:.3g} ms" for name, ms in self.times_ms)
@@ -123,6 +128,13 @@ def _run(stack_fn, call, backward: bool) -> None:
                   if t is not None and t.requires_grad]
         if leaves:
             torch.autograd.grad(loss, leaves)
+
+
+def known(call, backward: bool) -> Decision | None:
+    """The decision already measured for this call's kind, if any (nothing is measured)."""
+    key = signature(call, backward)
+    with _lock:
+        return _decisions.get(key)
 
 
 def choose(call, candidates: Sequence[Candidate], backward: bool, *, warmup: int = 1, repeats: int = 3,

@@ -1504,7 +1504,7 @@ bool has_projection() { return RNNDROP_MICROKERNEL != 0; }
 // (transposed) or the backward's W. For benchmarks/bench_dropin.py, which weighs packing against a call.
 Tensor pack_weight(const Tensor& w, bool transposed) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat, "rnndrop pack_weight: a float32 (G*H, H) matrix");
-  return make_operand<float>(transposed ? w.t() : w, false).packed;
+  return make_operand<float>(transposed ? w.t() : w, false, transposed).packed;
 }
 
 // gi (T, B, G*H) = (x * mask_g) @ W_ih[g]^T for every mask gate g (one block without a mask): the
