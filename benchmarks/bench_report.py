@@ -33,7 +33,12 @@ def figures_table(results: dict[str, Any]) -> list[str]:
     for cfg, by_cell in results.items():
         for cell, variants in by_cell.items():
             bar, bar16 = variants["torch.nn"], variants.get("torch.nn bf16")
+            if "unavailable" in (bar16 or {}):
+                bar16 = None
             for name, e in variants.items():
+                if "unavailable" in e:  # a variant this CPU cannot run (bench_cpu.unavailable says why)
+                    lines.append(f"| {cfg} | {cell} | {name} | not run: {e['unavailable']} |" + " |" * 7)
+                    continue
                 low = "bf16" in name and bar16 is not None
                 mem, bar_mem = e.get("peak_mib"), bar.get("peak_mib")
                 cells = [
@@ -97,14 +102,20 @@ def targets_table(results: dict[str, Any]) -> list[str]:
                 if v is None or variant not in v:
                     continue
                 for kind in kinds:
-                    med, best = ratio(v, variant, kind, False), ratio(v, variant, kind, True)
+                    try:
+                        med, best = ratio(v, variant, kind, False), ratio(v, variant, kind, True)
+                    except KeyError:  # the variant or its bar did not run on this CPU
+                        parts.append(f"{cfg} {cell} {kind}: not run on this CPU")
+                        continue
                     where = f"{cfg} {cell} {kind}"
                     parts.append(f"{where} {med:.2f}; {best:.2f}")
                     if med > bound:
                         misses.append(where)
                     if best > bound:
                         best_misses.append(where)
-        verdict = "yes" if not misses else "**no**: " + ", ".join(misses)
+        measured = [p for p in parts if "not run" not in p]
+        verdict = ("not measured: this CPU cannot run it" if not measured
+                   else "yes" if not misses else "**no**: " + ", ".join(misses))
         if misses and len(best_misses) < len(misses):
             verdict += f" (best rounds: {'all met' if not best_misses else ', '.join(best_misses)})"
         lines.append(f"| {label} (`{variant}`) | ≤ {bound:g} | {'<br>'.join(parts)} | {verdict} |")
@@ -134,6 +145,8 @@ def readme_table(results: dict[str, Any], configs: dict[str, dict[str, int]]) ->
     ]
 
     def pair(v: dict[str, Entry], name: str, bar: str = "torch.nn") -> str:
+        if "unavailable" in v[name] or "unavailable" in v[bar]:
+            return "not on this CPU"
         return f"{v[name]['train'] / v[bar]['train']:.2f}× / {v[name]['infer'] / v[bar]['infer']:.2f}×"
 
     for cfg, by_cell in results.items():
@@ -151,11 +164,36 @@ def readme_table(results: dict[str, Any], configs: dict[str, dict[str, int]]) ->
     return lines
 
 
+def compare_table(results: dict[str, Any], before: dict[str, Any], before_name: str,
+                  variants: tuple[str, ...] = ("fused", "fused+drop", "fused+drop/gate", "auto eval")) -> list[str]:
+    """Ratios to torch.nn of the same run, this run against an earlier one (same machine and session)."""
+    lines = [f"| config | cell | variant | {before_name}: train / infer × torch.nn | this run |",
+             "|---|---|---|---|---|"]
+
+    def ratio(res: dict[str, Any], cfg: str, cell: str, name: str) -> str:
+        e, bar = res[cfg][cell].get(name, {}), res[cfg][cell]["torch.nn"]
+        if "train" not in e:
+            return "not run"
+        return f"{e['train'] / bar['train']:.2f} / {e['infer'] / bar['infer']:.2f}"
+
+    for cfg, by_cell in results.items():
+        for cell in by_cell:
+            if cell not in before.get(cfg, {}):
+                continue
+            for name in variants:
+                lines.append(f"| {cfg} | {cell} | {name} | {ratio(before, cfg, cell, name)} | "
+                             f"{ratio(results, cfg, cell, name)} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="a bench_cpu.py result file")
-    parser.add_argument("--part", choices=("figures", "targets", "readme", "all"), default="all")
+    parser.add_argument("--part", choices=("figures", "targets", "readme", "compare", "all"), default="all")
+    parser.add_argument("--baseline", type=Path, help="an earlier bench_cpu.py result file (--part compare)")
     args = parser.parse_args(argv)
+    if args.part == "compare" and args.baseline is None:
+        parser.error("--part compare needs --baseline FILE (an earlier bench_cpu.py result)")
     data = json.loads(args.json.read_text())
     results = data["results"]
     m = data["machine"]
@@ -169,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         out += [*targets_table(results), ""]
     if args.part == "readme":
         out += [*readme_table(results, data["configs"]), ""]
+    if args.part == "compare":
+        out += [*compare_table(results, json.loads(args.baseline.read_text())["results"], args.baseline.stem), ""]
     sys.stdout.write("\n".join(out))
     return 0
 

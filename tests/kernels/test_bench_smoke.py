@@ -34,6 +34,26 @@ def test_bench_cpu_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
             assert v["train"] > 0 and v["infer"] > 0 and len(v["train_runs_ms"]) == 2
             assert v["peak_mib"] is None or v["peak_mib"] >= 0
     assert "torch.nn" in capsys.readouterr().out  # the table was printed
+    for name, v in data["results"]["tiny"]["LSTM"].items():  # which kernel each rnndrop variant ran is recorded
+        if name.startswith(("fused", "torch ", "auto")) and "unavailable" not in v:
+            assert v["backend"]["train"] in ("fused", "torch") and v["backend"]["infer"] in ("fused", "torch")
+
+    # The docs' tables come from this JSON: every part renders, also the variants this CPU could not run.
+    report = _load("bench_report", monkeypatch)
+    for part in ("all", "readme"):
+        assert report.main([str(out), "--part", part]) == 0
+    assert report.main([str(out), "--part", "compare", "--baseline", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny | LSTM | fused+drop |" in text and "tiny (4, 6, 3, 8)" in text
+
+
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location(name, BENCH.parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bench_choice_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:

@@ -497,8 +497,7 @@ inline Tensor pack_panels(const Tensor& mat, bool trans = true, int64_t row0 = 0
     });
   } else {
     // W row k = row k of mat: panel after panel, so that the packed panels are written in order (row by
-    // row, a row's chunks would land one panel apart: measured 6x slower for a 2048 x 512 W); panels split
-    // between threads.
+    // row, a row's chunks land one panel apart); panels split between threads.
     at::parallel_for(0, panels, std::max<int64_t>(1, 4096 / std::max<int64_t>(K * kPanel, 1)),
                      [&](int64_t p0, int64_t p1) {
       float mbuf[kPanel];
