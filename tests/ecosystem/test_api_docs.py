@@ -23,9 +23,10 @@ def test_committed_api_reference_is_up_to_date() -> None:
 def test_api_reference_covers_every_public_name() -> None:
     import rnndrop
     import rnndrop.interop
+    import rnndrop.study
 
     text = _generator().render()
-    for module in (rnndrop, rnndrop.interop):
+    for module in (rnndrop, rnndrop.interop, rnndrop.study):
         for name in module.__all__:
             if name != "__version__":
                 assert f"`{module.__name__}.{name}`" in text or f"`rnndrop.{name}`" in text, name
