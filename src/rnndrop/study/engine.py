@@ -385,10 +385,15 @@ class StudyHandle:
     storage: Any
     plan: StudyPlan
     config: dict[str, Any]
+    study_id: int  # the storage's id of the study (read once, while opening: retried when the database is busy)
 
     @property
     def name(self) -> str:
         return self.study.study_name
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` (through Optuna's public storage API)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def trials(self) -> list[Any]:
         return list(self.study.get_trials(deepcopy=False))
@@ -522,7 +527,7 @@ def _open_study(storage: str | Path, study_name: str, plan: StudyPlan | None, co
                              seeds=tuple(sorted({*merged.seeds, *plan.seeds})), direction=plan.direction)
             if plan.to_dict() != old:
                 study.set_user_attr(PLAN_ATTR, plan.to_dict())
-        handle = StudyHandle(study, store, plan, dict(stored or config or {}))
+        handle = StudyHandle(study, store, plan, dict(stored or config or {}), store.get_study_id_from_name(study_name))
         live = handle.by_unit()
         for unit in plan.units():
             if unit.key not in live:
@@ -532,7 +537,7 @@ def _open_study(storage: str | Path, study_name: str, plan: StudyPlan | None, co
     if stored_plan is None:
         raise StudyError(f"study {study_name!r} is not a rnndrop study (no plan stored in it)")
     return StudyHandle(study, store, plan or StudyPlan.from_dict(stored_plan),
-                       dict(study.user_attrs.get(CONFIG_ATTR) or {}))
+                       dict(study.user_attrs.get(CONFIG_ATTR) or {}), store.get_study_id_from_name(study_name))
 
 
 def _enqueue(study: Any, unit: Unit, plan: StudyPlan) -> None:
@@ -617,7 +622,7 @@ def _fail_stale(handle: StudyHandle, grace: float) -> int:
         started = t.datetime_start.timestamp() if t.datetime_start is not None else now
         if now - (beat if beat is not None else started) <= grace:
             continue
-        trial_id = handle.storage.get_trial_id_from_study_id_trial_number(handle.study._study_id, t.number)
+        trial_id = handle.trial_id(t.number)
         try:  # the reason first: a finished trial takes no more attributes
             handle.storage.set_trial_user_attr(trial_id, "failure", f"stale: no heartbeat for {grace:g} s "
                                                "(its worker died?); enqueued again")
@@ -651,7 +656,7 @@ def _claim(handle: StudyHandle) -> tuple[Any, Unit] | str:
                 ready_cache[unit.strategy] = handle.search_finished(unit.strategy, trials)
             if not ready_cache[unit.strategy]:
                 continue
-        trial_id = handle.storage.get_trial_id_from_study_id_trial_number(handle.study._study_id, t.number)
+        trial_id = handle.trial_id(t.number)
         try:
             if not handle.storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING):
                 continue
@@ -717,8 +722,8 @@ def run_worker(handle: StudyHandle, experiment: Experiment, settings: WorkerSett
 def _run_trial(handle: StudyHandle, experiment: Experiment, settings: WorkerSettings, frozen: Any, unit: Unit,
                on_trial: Callable[[TrialOutcome], None] | None,
                on_start: Callable[[Unit, float], None] | None) -> None:
-    storage, study = handle.storage, handle.study
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, frozen.number)
+    storage = handle.storage
+    trial_id = handle.trial_id(frozen.number)
     with _Heartbeat(storage, trial_id, settings.heartbeat_interval):  # from the claim on: never taken for dead
         try:
             _run_claimed(handle, experiment, settings, frozen, unit, trial_id, on_trial, on_start)
