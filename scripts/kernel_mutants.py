@@ -89,12 +89,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("packing_memoized_by_address",
            "the packed W_hh / W_ih is kept across calls, keyed on the weight's address and layout (a cache "
            "like the one removed in 2026-12: writes through .data keep the address and serve the old packing)",
-           "    op.packed = pack_panels(mat);\n",
+           "    op.packed = pack_panels(mat, trans, row0, wm);\n",
            "    static std::map<std::vector<int64_t>, Tensor> memo;\n"
            "    std::vector<int64_t> key{reinterpret_cast<int64_t>(mat.data_ptr()), mat.size(0), mat.size(1),\n"
-           "                             mat.stride(0), mat.stride(1)};\n"
-           "    auto hit = memo.find(key);\n"
-           "    op.packed = hit != memo.end() ? hit->second : (memo[key] = pack_panels(mat));\n"),
+           "                             mat.stride(0), mat.stride(1), trans, row0, wm.on};\n"
+           "    auto hit = wm.on ? memo.end() : memo.find(key);\n"
+           "    op.packed = hit != memo.end() ? hit->second : (memo[key] = pack_panels(mat, trans, row0, wm));\n"),
     Mutant("dropconnect_weight_grad_unmasked",
            "with DropConnect drawn in the kernel, dW of the raw W_hh is not multiplied by the mask",
            "  if (wm.on) mask_weight_grad(dW, wm);",
@@ -105,8 +105,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "    P.prepare(false);"),
     Mutant("five_row_tile_as_four",
            "a 5-row remainder tile of the micro-kernel computes only 4 rows",
-           "case 5: micro_tile<5>(K, ar, lda, bp, cr, N, ncols); break;",
-           "case 5: micro_tile<4>(K, ar, lda, bp, cr, N, ncols); break;"),
+           "case 5: micro_tile<5>(K, ar, lda, bp, cr, ldc, ncols); break;",
+           "case 5: micro_tile<4>(K, ar, lda, bp, cr, ldc, ncols); break;"),
     Mutant("final_state_row_offset",
            "each thread writes its final states at row 0 instead of its first row b0",
            "std::memcpy(hT + (b0 + b) * H, P.state(P.Tn - 1, b0 + b), H * sizeof(T));",
