@@ -57,12 +57,7 @@ def _load(name: str, monkeypatch):
 
 
 def test_bench_choice_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
-    path = BENCH.parent / "bench_choice.py"
-    monkeypatch.syspath_prepend(str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_choice", path)
-    assert spec is not None and spec.loader is not None
-    choice = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(choice)
+    choice = _load("bench_choice", monkeypatch)
     out = tmp_path / "c.json"
     assert choice.main(["--config", "tiny", "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]["tiny"]
@@ -77,12 +72,7 @@ def test_bench_choice_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_bench_csv_small_run(tmp_path, capsys, monkeypatch) -> None:
-    path = BENCH.parent / "bench_csv.py"
-    monkeypatch.syspath_prepend(str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_csv", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("bench_csv", monkeypatch)
     out = tmp_path / "csv.json"
     assert bench.main(["--rows", "1000", "--repeats", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -91,12 +81,7 @@ def test_bench_csv_small_run(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_bench_dropin_tiny_run(kernel, tmp_path, capsys, monkeypatch) -> None:
-    path = BENCH.parent / "bench_dropin.py"
-    monkeypatch.syspath_prepend(str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_dropin", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("bench_dropin", monkeypatch)
     out = tmp_path / "d.json"
     assert bench.main(["--config", "tiny", "--pack-config", "tiny", "--repeats", "1", "--warmup", "0",
                        "--json", str(out)]) == 0
